@@ -1,0 +1,108 @@
+//! Request and response types shared by the three front doors (CGI, FastCGI, built-in HTTP).
+//!
+//! Every door turns what it received into CGI/1.1 meta-variables plus a body, so the
+//! application never knows which door a request came through.
+
+pub mod cgi;
+pub mod fastcgi;
+pub mod serve;
+
+use std::collections::HashMap;
+
+/// Largest request body any front door accepts; the application applies tighter,
+/// per-mode limits (backups, queries) on top of this.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// A request as CGI/1.1 describes it: meta-variables (`REQUEST_METHOD`, `QUERY_STRING`,
+/// `SCRIPT_NAME`, `SCRIPT_FILENAME`, `HTTPS`, `SERVER_PORT`, `HTTP_HOST`, `REMOTE_ADDR`,
+/// `HTTP_*`, `SSL_*`, …) and the body.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub vars: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The meta-variable `name`, if the front door provided it.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+/// What the application answers: status, headers (without `Status`) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A `text/plain` answer, the kind devices get.
+    pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type".into(), "text/plain; charset=UTF-8".into())],
+            body: body.into(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The CGI/FastCGI form: `Status:` line, headers, blank line, body.
+    pub fn to_cgi_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 128);
+        out.extend_from_slice(format!("Status: {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes());
+        for (k, v) in &self.headers {
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The standard reason phrase of the status codes this server uses.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The application as every front door sees it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> Response;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    fn handle(&self, request: Request) -> Response {
+        self(request)
+    }
+}
