@@ -1,5 +1,16 @@
 //! update-server: a drop-in replacement for the innovaphone PHP based Update Server V2.
 
 pub mod app;
+pub mod certs;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod device;
 pub mod http;
+pub mod master;
+pub mod net;
+pub mod route;
+pub mod script;
+pub mod state;
+pub mod urlenc;
+pub mod xml;

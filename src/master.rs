@@ -1,0 +1,133 @@
+//! The master device's box info (SPEC §4): read from the cache file while it is fresh,
+//! otherwise fetched over HTTP(S) with a time-out, with the stale cache as the fallback.
+
+use crate::config::Master;
+use crate::xml::Element;
+use std::path::Path;
+use std::time::Duration;
+
+/// Where the builds came from, for the comments a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Online,
+    StaleCache(String),
+}
+
+/// The master's firmware and boot code builds.
+pub fn builds(root: &Path, master: &Master, now: i64) -> Result<((String, String), Source), String> {
+    let cache_path = root.join(&master.cache);
+    let cache_age = std::fs::metadata(&cache_path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .map(|t| now - crate::clock::epoch_of(t));
+    if cache_age.is_some_and(|age| age < master.expire) {
+        if let Ok(builds) = read_cache(&cache_path) {
+            return Ok((builds, Source::Cache));
+        }
+    }
+    match fetch(&master.info, master.timeout_secs) {
+        Ok((text, builds)) => {
+            if let Some(parent) = cache_path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if let Err(e) = crate::state::write_atomically(&cache_path, text.as_bytes()) {
+                eprintln!("update-server: cannot write master cache {}: {e}", cache_path.display());
+            }
+            Ok((builds, Source::Online))
+        }
+        Err(fetch_error) => match read_cache(&cache_path) {
+            Ok(builds) => Ok((builds, Source::StaleCache(fetch_error))),
+            Err(cache_error) => Err(format!("{fetch_error}; cache: {cache_error}")),
+        },
+    }
+}
+
+fn read_cache(path: &Path) -> Result<(String, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_box_info(&text)
+}
+
+/// The builds in a `box_info.xml` document.
+pub fn parse_box_info(text: &str) -> Result<(String, String), String> {
+    let root = Element::parse(text).map_err(|e| format!("malformed box info: {e}"))?;
+    let version = std::iter::once(&root)
+        .chain(root.children.iter())
+        .find(|e| e.name == "sys")
+        .and_then(|sys| sys.attr("version"))
+        .ok_or("box info has no sys/@version")?;
+    crate::script::firmware::parse_master_version(version)
+        .ok_or_else(|| format!("cannot read builds from version '{version}'"))
+}
+
+fn fetch(url: &str, timeout_secs: u64) -> Result<(String, (String, String)), String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(timeout_secs))
+        .redirects(3)
+        .build();
+    let response = agent.get(url).call().map_err(|e| format!("cannot fetch {}: {e}", redact(url)))?;
+    // a box info document is a few hundred bytes; refuse to buffer anything large
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(response.into_reader(), 1 << 20), &mut text)
+        .map_err(|e| format!("cannot read {}: {e}", redact(url)))?;
+    let builds = parse_box_info(&text)?;
+    Ok((text, builds))
+}
+
+/// The URL without credentials, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end && !url[scheme_end + 3..at].contains('/') => {
+            format!("{}://…@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(redact("http://admin:secret@10.0.0.1/CMD0/box_info.xml"), "http://…@10.0.0.1/CMD0/box_info.xml");
+        assert_eq!(redact("http://10.0.0.1/x"), "http://10.0.0.1/x");
+    }
+
+    #[test]
+    fn box_info_builds() {
+        let text = "<?xml version='1.0'?><info><sys version='IP811[13r2 sr41 [134600]], Bootcode[134560], Hardware[302]'/></info>";
+        assert_eq!(parse_box_info(text).unwrap(), ("134600".into(), "134560".into()));
+        assert!(parse_box_info("<info/>").is_err());
+    }
+
+    #[test]
+    fn dead_master_falls_back_to_stale_cache_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        std::fs::write(
+            dir.path().join("cache/master-info.xml"),
+            "<info><sys version='IP811[134600], Bootcode[134560], Hardware[302]'/></info>",
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let master = Master {
+            info: format!("http://127.0.0.1:{port}/CMD0/box_info.xml"),
+            expire: 0,
+            cache: "cache/master-info.xml".into(),
+            user: String::new(),
+            password: String::new(),
+            firmware: "master".into(),
+            bootcode: "master".into(),
+            applies: vec![],
+            timeout_secs: 1,
+        };
+        let (builds, source) = builds(dir.path(), &master, crate::clock::now()).unwrap();
+        assert_eq!(builds.0, "134600");
+        assert!(matches!(source, Source::StaleCache(_)));
+        std::fs::remove_file(dir.path().join("cache/master-info.xml")).unwrap();
+        assert!(super::builds(dir.path(), &master, crate::clock::now()).is_err());
+    }
+}

@@ -1,0 +1,682 @@
+//! The update script (SPEC §3): what a polling device is told to do, and what is remembered
+//! about it.
+
+pub mod firmware;
+pub mod output;
+pub mod rewrite;
+pub mod snippets;
+
+use crate::certs::{self, CertificateState};
+use crate::config::{Applies, Config};
+use crate::device::Origin;
+use crate::state::{self, LockedState};
+use crate::xml::Element;
+use firmware::{BuildChoice, FileType};
+use output::Script;
+use std::path::{Path, PathBuf};
+
+/// What the web server told us about the request, beyond its arguments.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Request arguments in their order.
+    pub args: Vec<(String, String)>,
+    /// `http[s]://HTTP_HOST` + the folder of `SCRIPT_NAME`.
+    pub base_url: String,
+    pub host: String,
+    pub script_name: String,
+    pub https: bool,
+    pub server_port: String,
+    pub origin: Origin,
+    pub tls: certs::TlsIdentity,
+    pub now: i64,
+}
+
+impl Call {
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        self.args.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A relative URL from the configuration made absolute (a value with `://` is kept).
+    pub fn absolute(&self, url: &str) -> String {
+        if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("{}/{}", self.base_url, url)
+        }
+    }
+}
+
+/// The answer: HTTP status and the script text.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A fatal error: `# <message> - exit`, nothing is saved.
+struct Bailout(String);
+
+const REQUIRED: [&str; 4] = ["type", "sn", "hwid", "ip"];
+
+/// Runs the update script for one device request.
+pub fn run(root: &Path, config: &Config, call: &Call) -> Outcome {
+    let mut script = Script::new();
+    script.comment(format!(
+        "update-server {} - configuration {} merged into config.xml",
+        env!("CARGO_PKG_VERSION"),
+        config.user_file
+    ));
+    let result = Run {
+        root,
+        config,
+        call,
+        script: &mut script,
+        state_args: StateArgs::default(),
+        current_phase: String::new(),
+        following_phase: String::new(),
+        rewrote: false,
+    }
+    .execute();
+    match result {
+        Ok(()) => Outcome { status: 200, body: script.into_text() },
+        Err(Bailout(message)) => {
+            eprintln!("update-server: {message}");
+            script.comment(format!("{message} - exit"));
+            Outcome { status: 200, body: script.into_text() }
+        }
+    }
+}
+
+/// The arguments the device's next URL must carry (`phase`, `polling`).
+#[derive(Debug, Clone, Default)]
+struct StateArgs {
+    phase: String,
+    polling: i64,
+}
+
+/// Where the device's state lives for this request: a locked file, or (without `status/@dir`)
+/// only in memory.
+enum StateStore {
+    File(LockedState),
+    Memory(Element),
+}
+
+impl StateStore {
+    fn doc(&mut self) -> &mut Element {
+        match self {
+            StateStore::File(locked) => &mut locked.state,
+            StateStore::Memory(element) => element,
+        }
+    }
+
+    fn save(self, notes: &[String], now: i64, logkeep: i64) -> Result<(), Bailout> {
+        match self {
+            StateStore::File(mut locked) => {
+                for note in notes {
+                    state::log(&mut locked.state, now, note);
+                }
+                state::prune_log(&mut locked.state, now, logkeep);
+                locked.save().map_err(|e| Bailout(format!("cannot write device state: {e}")))
+            }
+            StateStore::Memory(_) => Ok(()),
+        }
+    }
+}
+
+struct Run<'a> {
+    root: &'a Path,
+    config: &'a Config,
+    call: &'a Call,
+    script: &'a mut Script,
+    state_args: StateArgs,
+    /// The phase of this poll and the one after it, recorded on the state's root element
+    /// whenever the device's URL is rewritten.
+    current_phase: String,
+    following_phase: String,
+    rewrote: bool,
+}
+
+impl Run<'_> {
+    fn execute(mut self) -> Result<(), Bailout> {
+        let config = self.config;
+        let call = self.call;
+        self.script.comment("");
+
+        // step 2: a device that does not send the standard arguments gets a URL that does
+        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|name| call.arg(name).is_none()).collect();
+        if !missing.is_empty() {
+            self.script.note(format!("missing arguments: {}", missing.join(", ")));
+            self.state_args.phase = call.arg("phase").filter(|p| !p.is_empty()).unwrap_or(&config.phases[0].id).to_string();
+            self.state_args.polling = match call.arg("polling") {
+                Some(p) => p.parse().unwrap_or(0),
+                None => config.times.polling,
+            };
+            self.rewrite_url(&missing, Some(self.state_args.polling), false);
+            return Ok(());
+        }
+        let serial = call.arg("sn").unwrap_or_default();
+        let device_type = call.arg("type").unwrap_or_default();
+        let hwid = call.arg("hwid").unwrap_or_default();
+
+        let mut store = self.open_state(serial)?;
+        let now = call.now;
+        let logkeep = config.status.as_ref().map_or(0, |s| s.logkeep);
+        {
+            let doc = store.doc();
+            doc.set_attr("seen", now.to_string());
+            state::log(doc, now, "");
+        }
+
+        // step 3: classes
+        let classes = device_classes(config, device_type);
+        {
+            let device = state::device(store.doc());
+            device.set_attr("sn", serial);
+            device.set_attr("type", device_type);
+            device.set_attr("classes", classes.join(", "));
+            // step 4: address
+            device.set_attr("ip", call.origin.ip.clone());
+            device.set_attr("rp", if call.origin.reverse_proxied { "true" } else { "false" });
+            device.set_attr("proxy", call.origin.proxy.clone());
+        }
+
+        // step 5: phase
+        let requested_phase = call.arg("phase").filter(|p| !p.is_empty());
+        let phase_index = match requested_phase {
+            None => 0,
+            Some(p) => match config.phases.iter().position(|phase| phase.id == p) {
+                Some(i) => i,
+                None => {
+                    self.script.note(format!("invalid phase: '{p}'"));
+                    return store.save(&self.script.notes, now, logkeep);
+                }
+            },
+        };
+        let phase = &config.phases[phase_index];
+        let next_phase = config.phases.get(phase_index + 1);
+        state::device(store.doc()).set_attr("phase", phase.id.clone());
+        self.state_args = StateArgs {
+            phase: phase.id.clone(),
+            polling: call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0),
+        };
+        self.current_phase = phase.id.clone();
+        self.following_phase = next_phase.map_or(String::new(), |p| p.id.clone());
+
+        // step 6: environments
+        let environments = match expand_environments(config, call.arg("env")) {
+            Ok(list) => list,
+            Err(unknown) => {
+                self.script.note(format!(
+                    "invalid environment: '{unknown}' ({})",
+                    call.arg("env").unwrap_or_default()
+                ));
+                return store.save(&self.script.notes, now, logkeep);
+            }
+        };
+        state::device(store.doc()).set_attr("environments", environments.join(", "));
+        self.script.comment(format!(
+            "phase: {}, nextphase: {}, environment: {}, type: {device_type}, classes: {}",
+            phase.id,
+            next_phase.map_or("", |p| p.id.as_str()),
+            environments.join("+"),
+            classes.join("+")
+        ));
+        self.script.blank();
+
+        // step 7: a certificate step asked to skip the next poll's scripts
+        if store.doc().attr("skipnext").is_some() {
+            store.doc().remove_attr("skipnext");
+            self.script.note("skipping this poll's scripts (certificate processing), queries only");
+            self.query_commands(&classes, &environments)?;
+            return store.save(&self.script.notes, now, logkeep);
+        }
+
+        // step 8: snippet files
+        let dir = &config.times.dir;
+        let names = snippets::candidate_names(
+            &phase.files_of,
+            config.phases.len() > 1,
+            &classes,
+            config.classes.len() > 1,
+            serial,
+            &environments,
+            config.environments.len() > 1,
+        );
+        let files = read_snippets(&self.root.join(dir), dir, &names);
+        self.script.comment(format!("existing files (from {dir}):"));
+        for file in &files {
+            self.script.comment(format!("> {}: {}", file.display_name, age_text(now - file.mtime)));
+        }
+        self.script.blank();
+        self.script.comment(format!("possible further files (from {dir}):"));
+        for name in names.iter().filter(|n| !files.iter().any(|f| &f.name == *n)) {
+            self.script.comment(format!("{dir}/{name}"));
+        }
+        self.script.blank();
+
+        // step 9: backup
+        let https_on_port = call.https && call.server_port == config.times.httpsport.as_deref().unwrap_or("443");
+        let force_https = config.times.forcehttps || config.times.forcetrust;
+        match &config.backup {
+            Some(backup) if force_https && !call.https => {
+                self.script.comment(format!("backups via {} suppressed: forcehttps is on and this is plain HTTP", backup.scfg))
+            }
+            Some(backup) => self.script.command(format!("mod cmd UP0 scfg {}", call.absolute(&backup.scfg))),
+            None => self.script.comment("Backups not enabled in config"),
+        }
+        self.script.blank();
+
+        // step 10: grace period, so that a half-edited set of snippets never reaches a device
+        if let Some(newest) = files.iter().max_by_key(|f| f.mtime) {
+            let age = now - newest.mtime;
+            self.script.comment(format!("newest script ({}) {age}s old", newest.display_name));
+            if age < config.times.grace {
+                self.script.note(format!(
+                    "files being updated ({} {age}s old, waiting for at least {}s to expire)",
+                    newest.display_name, config.times.grace
+                ));
+                return store.save(&self.script.notes, now, logkeep);
+            }
+        }
+        self.script.blank();
+
+        // step 11: certificates, then queries
+        let certificate = if config.customcerts.is_some() && config.status.is_some() {
+            certs::evaluate(store.doc(), now, config)
+        } else {
+            CertificateState::Disabled
+        };
+        self.query_commands(&classes, &environments)?;
+        self.script.blank();
+        let certificate_commands = certificate.commands();
+        {
+            let device = state::device(store.doc());
+            match certificate.status_text() {
+                Some(text) => device.set_attr("certstat", text),
+                None => device.remove_attr("certstat"),
+            }
+            if certificate.proceeds() {
+                device.set_attr("requestDownloaded", "false");
+            }
+        }
+        self.script.comment(format!("certificates: {}", certificate.description()));
+
+        // step 12: times
+        if config.times.allow.is_some() || config.times.initial.is_some() {
+            let mut line = String::from("mod cmd UP1 times ");
+            if let Some(allow) = &config.times.allow {
+                if next_phase.is_some() && config.times.forcestaging {
+                    self.script.comment("time restriction not applied in staging phases (forcestaging)");
+                } else {
+                    line.push_str(&format!(" /allow {allow}"));
+                }
+            }
+            if let Some(initial) = &config.times.initial {
+                line.push_str(&format!(" /initial {initial}"));
+            }
+            self.script.command(line);
+        }
+
+        // step 13 and 14: firmware and boot code
+        let requested_update = self.firmware(store.doc(), device_type, &classes, &environments)?;
+        {
+            let doc = store.doc();
+            doc.child_or_insert("firmware").set_attr("build", call.arg("PROT").unwrap_or_default());
+            doc.child_or_insert("bootcode").set_attr("build", call.arg("BOOT").unwrap_or_default());
+            drop_empty(doc, "firmware");
+            drop_empty(doc, "bootcode");
+            let device = state::device(doc);
+            device.set_attr("hwid", hwid);
+            device.set_attr("realip", call.arg("ip").unwrap_or_default());
+        }
+        if requested_update {
+            self.script.comment("make sure remaining update scripts are executed with up-to-date firmware and update URL");
+            self.script.command("iresetn");
+        }
+
+        // step 15: certificate commands take the whole poll
+        if !certificate.proceeds() {
+            self.script.commands(&certificate_commands);
+            if certificate.skips_next() {
+                store.doc().set_attr("skipnext", now.to_string());
+            }
+            self.state_args.polling = config.times.polling;
+            if !self.rewrite_if_needed(false) {
+                self.script.commands(["config write", "config activate"]);
+            }
+            self.script.command("iresetn");
+            self.script.note("certificate cmds need to process - no further cmds");
+            return self.finish(store, now, logkeep);
+        }
+        self.script.comment("no certificate cmds required - processing normal updates");
+
+        // step 16: HTTPS and the device's TLS identity
+        if force_https && !https_on_port {
+            self.script.note("HTTPS required (forcehttps): moving the device to its HTTPS URL");
+            self.state_args.polling = config.times.polling;
+            self.rewrite_if_needed(true);
+            return self.finish(store, now, logkeep);
+        }
+        if config.times.forcetrust {
+            if let Err(refusal) = certs::check_identity(&call.tls, serial, hwid, config) {
+                self.script.note(format!("forcetrust: {refusal} - nothing delivered"));
+                return self.finish(store, now, logkeep);
+            }
+            self.script.comment("forcetrust: client certificate identifies this device");
+        }
+
+        // step 17: phase advance
+        match next_phase {
+            Some(next) => {
+                self.state_args.phase = next.id.clone();
+                self.state_args.polling = config.times.polling;
+            }
+            None => self.state_args.polling = 0,
+        }
+
+        // step 18: dynamic snippets (none configured: standard snippets only)
+        let pre: Vec<String> = Vec::new();
+        let post: Vec<String> = Vec::new();
+
+        // step 19: CHECK, only once the device is in its last phase
+        let signature = if next_phase.is_none() && config.times.check {
+            let signature = snippets::check_signature(&pre, files.iter().map(|f| f.content.as_slice()), &post);
+            if call.arg("CHECK") == Some(signature.as_str()) {
+                self.script.note(format!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
+                self.rewrite_if_needed(false);
+                return self.finish(store, now, logkeep);
+            }
+            Some(signature)
+        } else {
+            None
+        };
+
+        // step 20: delivery
+        self.script.commands(&pre);
+        for file in &files {
+            self.script.blank();
+            self.script.comment(format!("    {}", file.display_name));
+            self.script.comment("{ ");
+            self.script.comment(format!("begin script '{}' ", file.display_name));
+            self.script.raw_lines(&file.content);
+            self.script.blank();
+            self.script.comment(format!("end script '{}'", file.display_name));
+            self.script.comment("}");
+            let doc = store.doc();
+            let entry = match doc.children.iter().position(|c| c.name == "config" && c.attr("filename") == Some(&file.display_name)) {
+                Some(i) => &mut doc.children[i],
+                None => {
+                    doc.children.push(Element::new("config"));
+                    let last = doc.children.len() - 1;
+                    doc.children[last].set_attr("filename", file.display_name.clone());
+                    &mut doc.children[last]
+                }
+            };
+            entry.set_attr("delivered", now.to_string());
+            entry.set_attr("version", file.mtime.to_string());
+        }
+        self.script.commands(&post);
+        self.script.blank();
+        self.script.comment("end of all scripts ");
+        self.script.blank();
+        self.script.notes.push(format!("delivered {} script(s)", files.len()));
+        if !self.rewrite_if_needed(false) {
+            self.script.commands(["config write", "config activate"]);
+        }
+        if let Some(signature) = signature {
+            self.script.comment("set CHECK var");
+            self.script.command(format!("mod cmd UP1 check ser {signature}"));
+        }
+        self.script.comment("trigger reset if required");
+        self.script.command("iresetn");
+        self.finish(store, now, logkeep)
+    }
+
+    /// Saves the state with the phase the device goes on with, and cleans up old state files.
+    fn finish(&mut self, mut store: StateStore, now: i64, logkeep: i64) -> Result<(), Bailout> {
+        if self.rewrote {
+            let doc = store.doc();
+            doc.set_attr("phase", self.current_phase.clone());
+            doc.set_attr("nextphase", self.following_phase.clone());
+        }
+        store.save(&self.script.notes, now, logkeep)?;
+        if let Some(status) = &self.config.status {
+            state::cleanup_expired(&self.root.join(&status.dir), now, status.expire);
+        }
+        Ok(())
+    }
+
+    fn open_state(&self, serial: &str) -> Result<StateStore, Bailout> {
+        let Some(status) = &self.config.status else {
+            return Ok(StateStore::Memory(Element::new("state")));
+        };
+        let dir = self.root.join(&status.dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Bailout(format!("cannot create {}: {e}", status.dir)))?;
+        let path: PathBuf = dir.join(format!("{serial}.xml"));
+        LockedState::open(&path)
+            .map(StateStore::File)
+            .map_err(|e| Bailout(format!("cannot open device state {}/{serial}.xml: {e}", status.dir)))
+    }
+
+    /// Step 11's query commands.
+    fn query_commands(&mut self, classes: &[String], environments: &[String]) -> Result<(), Bailout> {
+        let mut any = false;
+        for query in &self.config.queries {
+            if query.applies.is_empty() || !query.applies.iter().any(|a| applies_any(a, classes, environments)) {
+                continue;
+            }
+            let cmd = query
+                .cmd
+                .as_deref()
+                .ok_or_else(|| Bailout(format!("query '{}' has no cmd", query.id)))?;
+            self.script.comment(format!("query '{}'", query.id));
+            self.script.command(format!(
+                "mod cmd UP0 scfg {}&id={} ser nop /always {}",
+                self.call.absolute(&self.config.queries_scfg),
+                query.id,
+                crate::urlenc::rawurlencode(cmd)
+            ));
+            any = true;
+        }
+        if !any {
+            self.script.comment(format!("no queries defined for any of callers classes: {}", classes.join("+")));
+        }
+        Ok(())
+    }
+
+    /// Steps 13 and 14: firmware and boot code commands. Returns whether an update was asked.
+    fn firmware(&mut self, doc: &mut Element, device_type: &str, classes: &[String], environments: &[String]) -> Result<bool, Bailout> {
+        let config = self.config;
+        let master = &config.master;
+        if master.info.is_empty() {
+            self.script.comment("no master device configured - no firmware updates");
+            return Ok(false);
+        }
+        let firmware_choice = BuildChoice::parse(&master.firmware, false).map_err(|e| Bailout(format!("config: master/@firmware: {e}")))?;
+        let bootcode_choice = BuildChoice::parse(&master.bootcode, true).map_err(|e| Bailout(format!("config: master/@bootcode: {e}")))?;
+        let needs_master = firmware_choice == BuildChoice::Master || bootcode_choice == BuildChoice::Master;
+        let master_builds = if master.info == "none" || !needs_master {
+            None
+        } else {
+            let (builds, source) = crate::master::builds(self.root, master, self.call.now)
+                .map_err(|e| Bailout(format!("cannot get cached PBX info: {e}")))?;
+            match source {
+                crate::master::Source::Cache => self.script.comment("using cached master info"),
+                crate::master::Source::Online => self.script.comment("failed to use cached data (cache not current), retrieving info online"),
+                crate::master::Source::StaleCache(why) => self.script.note(format!("master unreachable ({why}), using expired cache")),
+            }
+            Some(builds)
+        };
+        let (firmware, bootcode) = firmware::chosen_builds(&firmware_choice, &bootcode_choice, master_builds.as_ref());
+        if !master.applies.iter().all(|a| applies_any(a, classes, environments)) {
+            self.script.comment("master/applies does not match this device - no firmware updates");
+            return Ok(false);
+        }
+        let model = device_type.to_lowercase();
+        let mut requested = false;
+        let storage = self.call.absolute(&config.fwstorage_url);
+        for (kind, wanted, excluded, running, element) in [
+            (FileType::Prot, firmware, config.nofirmdev.contains(&model), self.call.arg("PROT"), "firmware"),
+            (FileType::Boot, bootcode, config.nobootdev.contains(&model), self.call.arg("BOOT"), "bootcode"),
+        ] {
+            let what = if kind == FileType::Prot { "firmware" } else { "boot code" };
+            let Some(wanted) = wanted else {
+                self.script.comment(format!("no {what} update configured"));
+                continue;
+            };
+            if excluded {
+                self.script.comment(format!("{device_type} gets no {what} updates (no{}dev)", if kind == FileType::Prot { "firm" } else { "boot" }));
+                continue;
+            }
+            if firmware::same_build(running, &wanted) {
+                self.script.comment(format!("current {what} ({wanted}) is good"));
+                continue;
+            }
+            self.script.note(format!("current {what} ({}) does not match required {what} ({wanted})", running.unwrap_or("")));
+            let name = firmware::file_name(device_type, kind, &config.filenames);
+            let url = firmware::storage_url(&storage, &wanted, device_type, kind, &name);
+            self.script.command(format!("mod cmd UP0 {} {url} ser {wanted}", kind.as_str()));
+            let entry = doc.child_or_insert(element);
+            if kind == FileType::Prot {
+                entry.set_attr("requested", wanted.clone());
+            }
+            entry.set_attr("requested-at", self.call.now.to_string());
+            requested = true;
+        }
+        Ok(requested)
+    }
+
+    /// Step R when a state argument differs from the request; returns whether it ran.
+    fn rewrite_if_needed(&mut self, force_https: bool) -> bool {
+        let polling_arg: i64 = self.call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let phase_arg = self.call.arg("phase").filter(|p| !p.is_empty()).unwrap_or(&self.config.phases[0].id);
+        let polling_changed = polling_arg != self.state_args.polling;
+        if !polling_changed && phase_arg == self.state_args.phase && !force_https {
+            return false;
+        }
+        self.rewrite_url(&[], polling_changed.then_some(self.state_args.polling), force_https);
+        true
+    }
+
+    /// Step R: polling commands (when `polling` is Some), the new URL, and the state args.
+    fn rewrite_url(&mut self, missing: &[&str], polling: Option<i64>, force_https: bool) {
+        let times = &self.config.times;
+        if let Some(polling) = polling {
+            self.script.comment(if polling == 0 { "turn off fast polling".to_string() } else { format!("turn on fast polling ({polling})") });
+            self.script.commands(rewrite::polling_commands(polling, times.interval));
+        }
+        self.script.blank();
+        let query = rewrite::query_string(
+            &[("polling", self.state_args.polling.to_string()), ("phase", self.state_args.phase.clone())],
+            missing,
+            &self.call.args,
+            &self.config.stdargs,
+        );
+        let https_on_port = self.call.https && self.call.server_port == times.httpsport.as_deref().unwrap_or("443");
+        let mut location = if self.call.https { format!("https://{}", self.call.host) } else { format!("http://{}", self.call.host) };
+        location.push_str(&self.call.script_name);
+        if force_https && !https_on_port {
+            location = format!("https://{}{}", rewrite::with_port(&self.call.host, times.httpsport.as_deref()), self.call.script_name);
+            match rewrite::Substitution::parse(&times.httpsurlmod) {
+                Ok(substitution) => location = substitution.apply(&location),
+                Err(e) if times.httpsurlmod.is_empty() => drop(e),
+                Err(e) => self.script.note(format!("times/@httpsurlmod ignored: {e}")),
+            }
+        }
+        let url = format!("{location}?{query}");
+        self.script.comment(format!("new update URL {url}"));
+        self.script.commands(rewrite::url_commands(&url));
+        self.rewrote = true;
+    }
+}
+
+fn drop_empty(doc: &mut Element, name: &str) {
+    doc.children.retain(|c| c.name != name || !c.attrs.is_empty() || !c.children.is_empty());
+}
+
+/// Whether an `applies` entry matches: `*`, a class, or (with `env`) an environment.
+fn applies_any(applies: &Applies, classes: &[String], environments: &[String]) -> bool {
+    if applies.value == "*" {
+        return true;
+    }
+    let pool = if applies.environment { environments } else { classes };
+    pool.iter().any(|v| v.eq_ignore_ascii_case(&applies.value))
+}
+
+/// Every class whose models contain the type (case-insensitive), in configuration order,
+/// then the lower-cased type itself.
+pub fn device_classes(config: &Config, device_type: &str) -> Vec<String> {
+    let model = device_type.to_lowercase();
+    let mut classes: Vec<String> = config
+        .classes
+        .iter()
+        .filter(|c| c.models.contains(&model))
+        .map(|c| c.id.clone())
+        .collect();
+    if !classes.contains(&model) {
+        classes.push(model);
+    }
+    classes
+}
+
+/// The listed environments (or the first configured one) with what they imply, in order and
+/// without duplicates (SPEC §3.6 deviation: every listed environment applies). An unknown
+/// name is returned as the error.
+pub fn expand_environments(config: &Config, requested: Option<&str>) -> Result<Vec<String>, String> {
+    let listed: Vec<&str> = match requested.filter(|r| !r.is_empty()) {
+        Some(list) => list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect(),
+        None => vec![config.environments[0].id.as_str()],
+    };
+    let mut result: Vec<String> = Vec::new();
+    fn add(config: &Config, name: &str, result: &mut Vec<String>) -> Result<(), String> {
+        let env = config.environments.iter().find(|e| e.id == name).ok_or_else(|| name.to_string())?;
+        if result.contains(&env.id) {
+            return Ok(());
+        }
+        result.push(env.id.clone());
+        for implied in &env.implies {
+            add(config, implied, result)?;
+        }
+        Ok(())
+    }
+    for name in listed {
+        add(config, name, &mut result)?;
+    }
+    Ok(result)
+}
+
+/// A snippet file that exists.
+struct SnippetFile {
+    name: String,
+    /// `<times/@dir>/<name>`, as stored in the state and shown to people.
+    display_name: String,
+    mtime: i64,
+    content: Vec<u8>,
+}
+
+fn read_snippets(dir: &Path, dir_name: &str, names: &[String]) -> Vec<SnippetFile> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let path = dir.join(name);
+            let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+            let content = std::fs::read(&path).ok()?;
+            Some(SnippetFile {
+                name: name.clone(),
+                display_name: format!("{dir_name}/{name}"),
+                mtime: meta.modified().map(crate::clock::epoch_of).unwrap_or(0),
+                content,
+            })
+        })
+        .collect()
+}
+
+fn age_text(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} secs"),
+        s if s < 7200 => format!("{} mins", s / 60),
+        s if s < 172800 => format!("{} hours", s / 3600),
+        s if s < 1209600 => format!("{} days", s / 86400),
+        s => format!("{} weeks", s / 604800),
+    }
+}

@@ -1,0 +1,61 @@
+//! The text a device receives: commands and `#` comments, each line ending in CRLF.
+
+#[derive(Debug, Default, Clone)]
+pub struct Script {
+    text: String,
+    /// Comments worth keeping in the device's log on the status page.
+    pub notes: Vec<String>,
+}
+
+impl Script {
+    pub fn new() -> Script {
+        Script::default()
+    }
+
+    /// A line for people reading the answer; devices ignore it.
+    pub fn comment(&mut self, text: impl AsRef<str>) {
+        for line in text.as_ref().split('\n') {
+            self.text.push_str("# ");
+            self.text.push_str(line.trim_end_matches('\r'));
+            self.text.push_str("\r\n");
+        }
+    }
+
+    /// A comment that is also kept in the device's log.
+    pub fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.comment(&text);
+        self.notes.push(text);
+    }
+
+    pub fn command(&mut self, line: impl AsRef<str>) {
+        self.text.push_str(line.as_ref());
+        self.text.push_str("\r\n");
+    }
+
+    pub fn commands<I: IntoIterator<Item = S>, S: AsRef<str>>(&mut self, lines: I) {
+        for line in lines {
+            self.command(line);
+        }
+    }
+
+    pub fn blank(&mut self) {
+        self.text.push_str("\r\n");
+    }
+
+    /// A snippet file's lines as they are, each ended with CRLF.
+    pub fn raw_lines(&mut self, content: &[u8]) {
+        let text = String::from_utf8_lossy(content);
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        for line in lines {
+            self.command(line.trim_end_matches('\r'));
+        }
+    }
+
+    pub fn into_text(self) -> String {
+        self.text
+    }
+}

@@ -1,0 +1,232 @@
+//! Step R of the update script: the polling commands and the device's new Command File URL
+//! (SPEC §3, "Step R").
+
+use crate::urlenc::rawurlencode;
+
+/// The commands that switch fast polling on (`polling` > 0) or off.
+pub fn polling_commands(polling: i64, normal_interval: i64) -> Vec<String> {
+    if polling == 0 {
+        vec![
+            "mod cmd UP1 provision 0".into(),
+            "config rem UP1 /provision".into(),
+            format!("config add UP1 /poll {normal_interval}"),
+        ]
+    } else {
+        vec![format!("mod cmd UP1 provision {polling}"), "config add UP1 /poll 1".into()]
+    }
+}
+
+/// The query string of the new URL: the state arguments, the missing required arguments, then
+/// every other request argument in its order. A `stdargs` key is written with its fixed value
+/// (`sn=#m`, …) or dropped when it has none (`PROT`, `CHECK`, …); other values are
+/// rawurlencoded.
+pub fn query_string(
+    state_args: &[(&str, String)],
+    missing: &[&str],
+    request_args: &[(String, String)],
+    stdargs: &[(String, Option<String>)],
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut present: Vec<&str> = Vec::new();
+    for (name, value) in state_args {
+        parts.push(format!("{}={}", rawurlencode(name), rawurlencode(value)));
+        present.push(name);
+    }
+    let fixed = |name: &str| stdargs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_deref());
+    for name in missing {
+        if present.contains(name) {
+            continue;
+        }
+        if let Some(Some(value)) = fixed(name) {
+            parts.push(format!("{}={value}", rawurlencode(name)));
+        }
+        present.push(name);
+    }
+    for (name, value) in request_args {
+        if present.contains(&name.as_str()) {
+            continue;
+        }
+        present.push(name);
+        match fixed(name) {
+            Some(Some(value)) => parts.push(format!("{}={value}", rawurlencode(name))),
+            Some(None) => {}
+            None => parts.push(format!("{}={}", rawurlencode(name), rawurlencode(value))),
+        }
+    }
+    parts.join("&")
+}
+
+/// The commands that store a new Command File URL and activate it.
+pub fn url_commands(url: &str) -> Vec<String> {
+    vec![
+        format!("config add UP1 /url {}", rawurlencode(url)),
+        "config add UP1 /no-dhcp".into(),
+        "config write".into(),
+        "config activate".into(),
+    ]
+}
+
+/// `host[:port]` with the port replaced (or removed when `port` is None).
+pub fn with_port(host: &str, port: Option<&str>) -> String {
+    let bare = if host.starts_with('[') {
+        host.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| host.to_string())
+    } else {
+        host.split(':').next().unwrap_or(host).to_string()
+    };
+    match port {
+        Some(p) => format!("{bare}:{p}"),
+        None => bare,
+    }
+}
+
+/// A PCRE-style substitution `<d>pattern<d>replacement<d>flags` (`times/@httpsurlmod`), as
+/// PHP's `preg_replace` applies it: every match replaced; `\1`, `$1`, `${1}` refer to groups.
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    pattern: regex::Regex,
+    replacement: String,
+}
+
+impl Substitution {
+    pub fn parse(spec: &str) -> Result<Substitution, String> {
+        let mut chars = spec.chars();
+        let delimiter = chars.next().ok_or("empty substitution")?;
+        if delimiter.is_alphanumeric() || delimiter == '\\' || delimiter.is_whitespace() {
+            return Err(format!("'{delimiter}' cannot be a delimiter"));
+        }
+        let rest: String = chars.collect();
+        let mut fields: Vec<String> = vec![String::new()];
+        let mut escaped = false;
+        for c in rest.chars() {
+            if escaped {
+                if c != delimiter {
+                    fields.last_mut().map(|f| f.push('\\'));
+                }
+                fields.last_mut().map(|f| f.push(c));
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == delimiter && fields.len() < 3 {
+                fields.push(String::new());
+            } else {
+                fields.last_mut().map(|f| f.push(c));
+            }
+        }
+        if escaped {
+            fields.last_mut().map(|f| f.push('\\'));
+        }
+        if fields.len() < 3 {
+            return Err(format!("'{spec}' is not of the form <d>pattern<d>replacement<d>flags"));
+        }
+        let flags: String = fields[2].chars().filter(|c| matches!(c, 'i' | 'm' | 's' | 'x' | 'U')).collect();
+        let pattern = if flags.is_empty() { fields[0].clone() } else { format!("(?{flags}){}", fields[0]) };
+        let pattern = regex::Regex::new(&pattern).map_err(|e| format!("bad pattern in '{spec}': {e}"))?;
+        Ok(Substitution { pattern, replacement: php_replacement(&fields[1]) })
+    }
+
+    pub fn apply(&self, text: &str) -> String {
+        self.pattern.replace_all(text, self.replacement.as_str()).into_owned()
+    }
+}
+
+/// PHP replacement references (`\1`, `$1`, `${1}`) in the regex crate's form (`${1}`); a
+/// literal `$` otherwise.
+fn php_replacement(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let digits_from = |start: usize| {
+            let mut end = start;
+            while end < chars.len() && end < start + 2 && chars[end].is_ascii_digit() {
+                end += 1;
+            }
+            end
+        };
+        if (c == '\\' || c == '$') && i + 1 < chars.len() && chars[i + 1].is_ascii_digit() {
+            let end = digits_from(i + 1);
+            out.push_str(&format!("${{{}}}", chars[i + 1..end].iter().collect::<String>()));
+            i = end;
+        } else if c == '$' && i + 1 < chars.len() && chars[i + 1] == '{' {
+            let end = digits_from(i + 2);
+            if end > i + 2 && end < chars.len() && chars[end] == '}' {
+                out.push_str(&format!("${{{}}}", chars[i + 2..end].iter().collect::<String>()));
+                i = end + 1;
+            } else {
+                out.push_str("$$");
+                i += 1;
+            }
+        } else if c == '$' {
+            out.push_str("$$");
+            i += 1;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdargs() -> Vec<(String, Option<String>)> {
+        [("sn", Some("#m")), ("type", Some("#t")), ("hwid", Some("#h")), ("ip", Some("#i")), ("PROT", None), ("CHECK", None)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(String::from)))
+            .collect()
+    }
+
+    fn args(q: &str) -> Vec<(String, String)> {
+        crate::urlenc::parse_query(q)
+    }
+
+    #[test]
+    fn missing_arguments_come_after_state_arguments() {
+        let q = query_string(
+            &[("polling", "5".into()), ("phase", "update".into())],
+            &["hwid", "ip"],
+            &args("type=IP232&sn=00-90-33-3e-0c-57&env=default&foo=bar%20baz"),
+            &stdargs(),
+        );
+        assert_eq!(q, "polling=5&phase=update&hwid=#h&ip=#i&type=#t&sn=#m&env=default&foo=bar%20baz");
+    }
+
+    #[test]
+    fn fixed_and_dropped_standard_arguments() {
+        let q = query_string(
+            &[("polling", "0".into()), ("phase", "update".into())],
+            &[],
+            &args("type=IP232&sn=x&hwid=y&ip=z&polling=5&phase=update&PROT=1&CHECK=abc"),
+            &stdargs(),
+        );
+        assert_eq!(q, "polling=0&phase=update&type=#t&sn=#m&hwid=#h&ip=#i");
+    }
+
+    #[test]
+    fn polling_on_and_off() {
+        assert_eq!(polling_commands(5, 15), ["mod cmd UP1 provision 5", "config add UP1 /poll 1"]);
+        assert_eq!(polling_commands(0, 30)[2], "config add UP1 /poll 30");
+    }
+
+    #[test]
+    fn default_httpsurlmod_removes_mtls() {
+        let s = Substitution::parse("!mtls/!!i").unwrap();
+        assert_eq!(s.apply("https://host/MTLS/update/update.php"), "https://host/update/update.php");
+        let s = Substitution::parse("#host1:444/mtls/#host2:444/#").unwrap();
+        assert_eq!(s.apply("https://host1:444/mtls/update.php"), "https://host2:444/update.php");
+        let s = Substitution::parse("!(\\w+)\\.example!\\1.test!").unwrap();
+        assert_eq!(s.apply("https://upd.example/x"), "https://upd.test/x");
+        assert!(Substitution::parse("!unclosed").is_err());
+        assert!(Substitution::parse("!(!x!").is_err());
+    }
+
+    #[test]
+    fn port_replacement() {
+        assert_eq!(with_port("update.example.com:8443", Some("444")), "update.example.com:444");
+        assert_eq!(with_port("update.example.com:8443", None), "update.example.com");
+        assert_eq!(with_port("[::1]:80", Some("443")), "[::1]:443");
+    }
+}
