@@ -88,7 +88,9 @@ impl Drop for LockedState {
                 let _ = fs::remove_file(&self.path);
             }
         }
-        // the lock is released when `lock` is closed, right after this
+        // SAFETY: unlocking our own, still open descriptor; closing it would release the lock
+        // as well, this only makes the hand-over to a waiting request explicit
+        unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -229,7 +231,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let state = LockedState::open(&path).unwrap().state;
+        let state = LockedState::open(&path).unwrap().state.clone();
         assert_eq!(state.child("queries").unwrap().children.len(), 16);
     }
 }

@@ -29,9 +29,21 @@ impl Element {
         Element { name: name.to_string(), ..Element::default() }
     }
 
-    /// Parses a whole document and returns its root element.
+    /// Parses a whole document from an untrusted source (a device, a request): a document
+    /// type declaration is refused, so no entity can be defined, let alone expanded.
     pub fn parse(text: &str) -> Result<Element, ParseError> {
-        let options = roxmltree::ParsingOptions { allow_dtd: false, nodes_limit: 1_000_000 };
+        Element::parse_with(text, false)
+    }
+
+    /// Parses a file the operator wrote (configuration): a `<!DOCTYPE … SYSTEM "full-config.dtd">`
+    /// line is allowed, as the documentation recommends it for editors. External DTDs are never
+    /// loaded.
+    pub fn parse_trusted(text: &str) -> Result<Element, ParseError> {
+        Element::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, allow_dtd: bool) -> Result<Element, ParseError> {
+        let options = roxmltree::ParsingOptions { allow_dtd, nodes_limit: 1_000_000 };
         let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| {
             let pos = e.pos();
             ParseError { line: pos.row, column: pos.col, message: e.to_string() }

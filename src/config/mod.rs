@@ -155,7 +155,7 @@ fn read_document(root: &Path, name: &str) -> Result<Element, ConfigError> {
     let path: PathBuf = root.join(name);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ConfigError::Unreadable { file: name.to_string(), reason: e.to_string() })?;
-    Element::parse(&text).map_err(|e| ConfigError::Malformed {
+    Element::parse_trusted(&text).map_err(|e| ConfigError::Malformed {
         file: name.to_string(),
         line: e.line,
         column: e.column,
