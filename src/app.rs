@@ -57,8 +57,9 @@ impl App {
             "show" | "status" | "ui" => {
                 return device_text(200, "# for user interface functions, call admin/admin.php instead\r\n")
             }
-            "backup" | "query" | "vardump" | "upload" => {
-                return device_text(501, format!("# mode={mode} is not available in this build yet - exit\r\n"))
+            "backup" | "query" | "vardump" => return self.device_data(mode, request, root, &args),
+            "upload" => {
+                return device_text(501, "# mode=upload is part of the admin page, not available in this build yet - exit\r\n")
             }
             other => {
                 let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
@@ -75,6 +76,26 @@ impl App {
         let call = call_of(request, args, &config);
         let outcome = script::run(root, &config, &call);
         device_text(outcome.status, outcome.body)
+    }
+
+    fn device_data(&self, mode: &str, request: &Request, root: &Path, args: &[(String, String)]) -> Response {
+        if let Err(invalid) = crate::device::validate(args) {
+            return device_text(400, format!("# {invalid} - exit\r\n"));
+        }
+        let config = match self.config(root) {
+            Ok(config) => config,
+            Err(response) => return response,
+        };
+        let tls = TlsIdentity::from_vars(|name| request.var(name).map(String::from));
+        let data = crate::device_data::DataRequest {
+            args,
+            method: request.var("REQUEST_METHOD").unwrap_or("GET"),
+            body: &request.body,
+            tls: &tls,
+            now: crate::clock::now(),
+        };
+        let answer = crate::device_data::handle(mode, root, &config, &data);
+        device_text(answer.status, answer.body)
     }
 
     fn migrate(&self, request: &Request, root: &Path) -> Response {

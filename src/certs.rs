@@ -232,9 +232,86 @@ pub fn parse_time(text: &str) -> Option<i64> {
     Some(days * 86400 + hour * 3600 + minute * 60 + second)
 }
 
+/// The procedures `mode=vardump` may apply (SPEC §5 deviation: no others exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarProc {
+    /// Store the value as it is.
+    Plain,
+    /// The value is hex: store the bytes.
+    Var2Bin,
+}
+
+/// The file a variable dump of `var` for `serial` is stored in, derived by the server (never
+/// taken from the request), with the processing it needs.
+pub fn vardump_target(var: &str, serial: &str) -> Option<(String, VarProc, bool)> {
+    match var {
+        "X509/REQUEST" => Some((format!("{serial}-request.p10.der"), VarProc::Var2Bin, true)),
+        "X509/REQUESTERROR" => Some((format!("{serial}-requesterror"), VarProc::Plain, false)),
+        _ => None,
+    }
+}
+
+/// The value of `var` in a device's `vars read` output: the third token of the line whose
+/// first token is the variable's name.
+pub fn variable_value<'a>(body: &'a str, var: &str) -> Option<&'a str> {
+    body.lines().find_map(|line| {
+        let mut tokens = line.split_whitespace();
+        (tokens.next() == Some(var)).then(|| {
+            tokens.next();
+            tokens.next().unwrap_or("")
+        })
+    })
+}
+
+/// Hex digits as bytes; None when the text is not hex.
+pub fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.trim();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// DER bytes as PEM with the given label: base64 in 64-column lines, CRLF line ends, as the old
+/// server wrote certificate requests.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
+            if i <= chunk.len() {
+                encoded.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                encoded.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\r\n");
+    for line in encoded.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or(""));
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("-----END {label}-----\r\n"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vardump_helpers() {
+        assert_eq!(vardump_target("X509/REQUEST", "00-90-33-3e-0c-57").unwrap().0, "00-90-33-3e-0c-57-request.p10.der");
+        assert!(vardump_target("../../etc", "x").is_none());
+        assert_eq!(variable_value("X509/REQUEST pb 3082\r\nX509/REQUESTKEY pb 00\r\n", "X509/REQUEST"), Some("3082"));
+        assert_eq!(variable_value("other pb 1", "X509/REQUEST"), None);
+        assert_eq!(hex_to_bytes("30820a"), Some(vec![0x30, 0x82, 0x0a]));
+        assert_eq!(hex_to_bytes("3g"), None);
+        assert_eq!(pem("X", b"hello"), "-----BEGIN X-----\r\naGVsbG8=\r\n-----END X-----\r\n");
+        assert_eq!(pem("X", b"hi!"), "-----BEGIN X-----\r\naGkh\r\n-----END X-----\r\n");
+    }
 
     #[test]
     fn times() {

@@ -1,14 +1,17 @@
 //! update-server: a drop-in replacement for the innovaphone PHP based Update Server V2.
 
 pub mod app;
+pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod device;
+pub mod device_data;
 pub mod http;
 pub mod master;
 pub mod net;
+pub mod queries;
 pub mod route;
 pub mod script;
 pub mod state;
