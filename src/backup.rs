@@ -120,12 +120,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = config(3);
         for (i, text) in ["a", "b", "c", "d"].iter().enumerate() {
-            let outcome = store(dir.path(), &b, "IP232-3e-0c-57", text, 1000 + i as i64).unwrap();
+            let outcome = store(dir.path(), &b, "IP232-3e-0c-57", text, crate::clock::now() + i as i64).unwrap();
             assert!(matches!(outcome, Outcome::Stored { .. }));
         }
         let left: Vec<u64> = stored(&dir.path().join("backup/IP232-3e-0c-57"), "IP232-3e-0c-57").iter().map(|s| s.index).collect();
         assert_eq!(left, [1, 2, 3]);
-        assert!(matches!(store(dir.path(), &b, "IP232-3e-0c-57", "d\r\n", 2000).unwrap(), Outcome::Unchanged { .. }));
+        assert!(matches!(store(dir.path(), &b, "IP232-3e-0c-57", "d\r\n", crate::clock::now()).unwrap(), Outcome::Unchanged { .. }));
         assert_eq!(store(dir.path(), &b, "IP232-3e-0c-57", "\r\n\r\n", 2000).unwrap(), Outcome::Empty);
     }
 
