@@ -108,106 +108,335 @@ fn repaired_common_name(cn: &str) -> String {
     }
 }
 
-/// The certificate state of a device, from its last `certificates` query answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertificateState {
-    /// Certificate handling or state tracking is off.
-    Disabled,
-    /// No answer to the certificates query yet.
-    Unknown,
-    /// The device reported an error for the last request; an admin must clear it.
-    RequestError,
-    /// The device is generating a key pair and request.
-    Busy,
-    /// A certificate is not valid yet: nothing to do now.
-    NotYetValid,
-    Good,
-    /// The certificate must be replaced, for the reason given.
-    Replace(String),
+/// What the server holds for a device's certificate request (read by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct ServerFiles {
+    /// The signed certificate an admin uploaded (`<sn>-signedrequest.cer`), as DER.
+    pub signed_certificate: Option<Vec<u8>>,
+    /// Whether the device's CSR was downloaded already (`<sn>-request.p10.der`).
+    pub request_downloaded: bool,
+    /// The CA chain (`CAkeys` glob, sorted): file name (relative to the root) and DER.
+    pub ca_chain: Vec<(String, Vec<u8>)>,
 }
 
-impl CertificateState {
+/// The values the `CSR*` attributes may use as meta words (`{sn}`, `{hwid}`, …).
+#[derive(Debug, Clone, Default)]
+pub struct CsrWords {
+    pub serial: String,
+    pub device_type: String,
+    /// `realip` and `hwid` as stored by the previous poll.
+    pub stored_realip: Option<String>,
+    pub stored_hwid: Option<String>,
+    /// The current remote address and proxy.
+    pub ip: String,
+    pub proxy: Option<String>,
+    /// The device name from the `admin` query.
+    pub name: Option<String>,
+    /// Reverse DNS name of the stored realip (looked up only when a CSR attribute uses it).
+    pub rdns: Option<String>,
+}
+
+/// What the certificate step decided for this poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificatePlan {
+    /// `device/@certstat` (None: removed).
+    pub status: Option<String>,
+    /// Comment lines for people, in order, each followed by the commands at the same index.
+    pub steps: Vec<(String, Vec<String>)>,
     /// Whether the normal update continues after the certificate step.
-    pub fn proceeds(&self) -> bool {
-        matches!(self, CertificateState::Disabled | CertificateState::Good | CertificateState::NotYetValid)
+    pub proceeds: bool,
+    /// Whether the next poll runs the queries only (a device command was triggered).
+    pub skip_next: bool,
+    /// `device/@requestDownloaded` (None: removed).
+    pub request_downloaded: Option<&'static str>,
+    /// Whether the server-side request files of the device are leftovers to remove.
+    pub remove_request_files: bool,
+}
+
+impl CertificatePlan {
+    fn note(&mut self, comment: impl Into<String>) {
+        self.steps.push((comment.into(), Vec::new()));
     }
 
-    /// `device/@certstat`.
-    pub fn status_text(&self) -> Option<String> {
-        match self {
-            CertificateState::Disabled => Some(
-                "either certificate handling or state tracking not enabled - not doing any certificate checking".into(),
-            ),
-            CertificateState::Unknown => Some(
-                "we dont know anything about the current certificate state - not doing any certificate checking".into(),
-            ),
-            CertificateState::Good => Some("OK".into()),
-            CertificateState::NotYetValid => Some("certificate not yet valid - not doing any certificate checking".into()),
-            CertificateState::Busy => Some("device busy creating a certificate request".into()),
-            CertificateState::Replace(reason) => Some(reason.clone()),
-            CertificateState::RequestError => None,
-        }
+    fn act(&mut self, comment: impl Into<String>, commands: Vec<String>) {
+        self.steps.push((comment.into(), commands));
     }
 
-    pub fn description(&self) -> String {
-        match self {
-            CertificateState::RequestError => {
-                "certificate processing STOPPED due to previous upload error, clean X509/REQUESTERROR to continue".into()
-            }
-            other => other.status_text().unwrap_or_default(),
-        }
-    }
-
-    /// Commands the certificate step sends in place of the snippets.
-    pub fn commands(&self) -> Vec<String> {
-        match self {
-            CertificateState::RequestError => vec!["ser".into()],
-            _ => Vec::new(),
-        }
-    }
-
-    /// Whether the next poll runs only the queries (set after a request was triggered).
-    pub fn skips_next(&self) -> bool {
-        false
+    pub fn commands(&self) -> impl Iterator<Item = &String> {
+        self.steps.iter().flat_map(|(_, commands)| commands)
     }
 }
 
-/// Reads the certificate state from the device's stored `certificates` query answer.
-pub fn evaluate(state: &Element, now: i64, config: &Config) -> CertificateState {
-    let Some(customcerts) = config.customcerts.as_ref() else {
-        return CertificateState::Disabled;
+/// The certificate step of a poll (SPEC §5), from the device's last `certificates` query
+/// answer, the configuration and what the server holds. `vardump_base` is the absolute URL of
+/// `update.php`.
+pub fn plan(
+    state: &Element,
+    customcerts: Option<&Element>,
+    words: &CsrWords,
+    files: &ServerFiles,
+    vardump_base: &str,
+    now: i64,
+) -> CertificatePlan {
+    let mut plan = CertificatePlan::default();
+    let info = state.child("queries").and_then(|q| q.child("certificates")).and_then(|c| c.child("info"));
+    let device_has_request = info
+        .and_then(|i| i.child("requests"))
+        .is_some_and(|r| r.child("request").is_some());
+    let Some(customcerts) = customcerts else {
+        plan.status = Some("either certificate handling or state tracking not enabled - not doing any certificate checking".into());
+        plan.note(plan.status.clone().unwrap_or_default());
+        if device_has_request {
+            remove_device_request(&mut plan);
+        } else {
+            plan.proceeds = true;
+            plan.request_downloaded = Some("false");
+        }
+        return plan;
     };
-    let Some(info) = state.child("queries").and_then(|q| q.child("certificates")).and_then(|c| c.child("info")) else {
-        return CertificateState::Unknown;
+    let Some(info) = info else {
+        let text = "we dont know anything about the current certificate state - not doing any certificate checking";
+        plan.status = Some(text.into());
+        plan.note(text);
+        return plan;
     };
     if info.child("request-error").is_some() {
-        return CertificateState::RequestError;
+        plan.act(
+            "certificate processing STOPPED due to previous upload error, clean X509/REQUESTERROR to continue",
+            vec!["ser".into()],
+        );
+        return plan;
     }
-    if info.child("busy").is_some() {
-        return CertificateState::Busy;
+    if info.child("busy").is_some() || info.attr("busy").is_some_and(|b| b == "true") {
+        let text = "device busy creating a certificate request - waiting";
+        plan.status = Some(text.into());
+        plan.note(text);
+        return plan;
     }
+
+    // is the certificate the device uses good?
     let names = ca_names(customcerts);
+    let separator = customcerts.attr("CAnamesep").filter(|s| !s.is_empty()).unwrap_or(",");
     let renew_days = customcerts.attr("renew").and_then(|r| r.trim().parse::<i64>().ok()).unwrap_or(90);
-    let certificates = info.child("servercert").map(|s| s.children_named("certificate").collect::<Vec<_>>()).unwrap_or_default();
-    for certificate in &certificates {
-        if certificate.attr("not_before").and_then(parse_time).is_some_and(|t| t > now) {
-            return CertificateState::NotYetValid;
-        }
+    let certificates: Vec<&Element> =
+        info.child("servercert").map(|s| s.children_named("certificate").collect()).unwrap_or_default();
+    if certificates.iter().any(|c| c.attr("not_before").and_then(parse_time).is_some_and(|t| t > now)) {
+        let text = "certificate not yet valid - not doing any certificate checking";
+        plan.status = Some(text.into());
+        plan.note(text);
+        plan.proceeds = true;
+        plan.request_downloaded = Some("false");
+        return plan;
     }
-    for certificate in certificates {
-        let issuer = certificate.attr("issuer_cn").unwrap_or("");
+    let mut problem: Option<String> = None;
+    if let Some(device_certificate) = certificates.first() {
+        let subject = device_certificate.attr("subject_cn").unwrap_or("");
+        let issuer = device_certificate.attr("issuer_cn").unwrap_or("");
         if !names.iter().any(|n| n == issuer) {
-            return CertificateState::Replace(format!("certificate issued by '{issuer}', not by a configured CA"));
-        }
-        match certificate.attr("not_after").and_then(parse_time) {
-            Some(t) if t < now => return CertificateState::Replace("certificate expired".into()),
-            Some(t) if t < now + renew_days * 86400 => {
-                return CertificateState::Replace(format!("certificate expires within {renew_days} days"))
+            problem = Some(format!(
+                "CN {subject}: invalid issuer: {issuer}: not in {} ({separator})",
+                customcerts.attr("CAname").unwrap_or("")
+            ));
+        } else if let Some(expires) = device_certificate.attr("not_after").and_then(parse_time) {
+            if expires < now {
+                plan.note(format!("{subject}: expired"));
             }
-            _ => {}
+            if expires < now + renew_days * 86400 {
+                problem = Some(format!("{subject}: valid but must be renewed"));
+            }
         }
     }
-    CertificateState::Good
+    let Some(problem) = problem else {
+        plan.status = Some("OK".into());
+        plan.note("OK");
+        if device_has_request {
+            // a request left on the device after its certificate was installed
+            remove_device_request(&mut plan);
+        } else {
+            plan.proceeds = true;
+            plan.request_downloaded = Some("false");
+        }
+        return plan;
+    };
+    plan.status = Some(problem.clone());
+    plan.note(problem);
+
+    // replace it: the request error first, then whichever step is due
+    let serial = &words.serial;
+    let dir = customcerts.attr("dir").unwrap_or("certs").trim_end_matches('/');
+    plan.act(
+        "download request error from device (if any)",
+        vec![vardump_command(vardump_base, "X509/REQUESTERROR", &format!("{dir}/{serial}-requesterror"), false)],
+    );
+    if let Some(signed) = &files.signed_certificate {
+        let text = format!("there is an uploaded signed CSR ({dir}/{serial}-signedrequest.cer)");
+        plan.status = Some(text.clone());
+        plan.note(text);
+        plan.act("upload new signed certificate", vec![format!("vars create X509/REQUESTRESPONSE/00000 pb {}", hex(signed))]);
+        for (i, (name, der)) in files.ca_chain.iter().enumerate() {
+            plan.act(
+                format!("upload CA certificate #{} ({name})", i + 1),
+                vec![format!("vars create X509/REQUESTRESPONSE/{:05} pb {}", i + 1, hex(der))],
+            );
+        }
+        plan.skip_next = true;
+    } else if device_has_request && !files.request_downloaded {
+        plan.act(
+            "need to download CSR from device",
+            vec![vardump_command(vardump_base, "X509/REQUEST", &format!("{dir}/{serial}-request.p10.der"), true)],
+        );
+    } else if device_has_request {
+        plan.note(format!("CSR downloaded ({dir}/{serial}-request.p10.der), waiting for the signed certificate"));
+        plan.request_downloaded = Some("true");
+    } else {
+        plan.act("wrong certificate - need to create CSR", vec![csr_create_command(customcerts, words)]);
+        plan.request_downloaded = Some("false");
+        plan.skip_next = true;
+    }
+    plan
+}
+
+/// A request the device still holds although none is needed: remove it there and here.
+fn remove_device_request(plan: &mut CertificatePlan) {
+    plan.act(
+        "removing certificate request from device",
+        vec!["vars del X509/REQUEST".into(), "vars del X509/REQUESTKEY".into()],
+    );
+    plan.remove_request_files = true;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn vardump_command(base: &str, var: &str, file: &str, convert: bool) -> String {
+    use crate::urlenc::rawurlencode;
+    let processing = if convert { "&proc=var2bin&postproc=createPemFromDer" } else { "" };
+    format!(
+        "mod cmd UP0 scfg {base}?mode=vardump&sn=#m&var={var}&file={}{processing} ser nop /always {}",
+        rawurlencode(file),
+        rawurlencode(&format!("vars read {var}"))
+    )
+}
+
+/// The device command that creates a key pair and a signing request, its options from the
+/// `CSR*` attributes with meta words replaced.
+pub fn csr_create_command(customcerts: &Element, words: &CsrWords) -> String {
+    let option = |name: &str| -> String {
+        let template = customcerts.attr(name).unwrap_or("");
+        crate::urlenc::rawurlencode(&replace_words(template, words).unwrap_or_default())
+    };
+    let kind = if matches!(words.device_type.to_lowercase().as_str(), "mypbxa" | "mypbxi") {
+        "Signing+request"
+    } else {
+        "Signing%20request"
+    };
+    format!(
+        "mod cmd X509 servercert-create /cmd servercert-create /redirect /target device /type {kind}  /key {} /signature {} /dn-cn {} /dn-ou {} /dn-o {} /dn-l {} /dn-st {} /dn-c {} /san-dns {} /san-dns {} /san-dns {} /san-ip {} /san-ip {}",
+        option("CSRkey"),
+        option("CSRsignature"),
+        option("CSRdn-cn"),
+        option("CSRdn-ou"),
+        option("CSRdn-o"),
+        option("CSRdn-l"),
+        option("CSRdn-st"),
+        option("CSRdn-c"),
+        option("CSRsan-dns-1"),
+        option("CSRsan-dns-2"),
+        option("CSRsan-dns-3"),
+        option("CSRsan-ip-1"),
+        option("CSRsan-ip-2"),
+    )
+}
+
+/// Replaces `{realip} {ip} {proxy} {sn} {hwid} {name} {rdns}`; None when a word is unknown or
+/// has no value (the whole option is then left empty).
+pub fn replace_words(template: &str, words: &CsrWords) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}')? + start;
+        let value = match &rest[start + 1..end] {
+            "sn" => Some(crate::device::serial_digits(&words.serial)),
+            "hwid" => words.stored_hwid.clone(),
+            "realip" => words.stored_realip.clone(),
+            "ip" => Some(words.ip.clone()),
+            "proxy" => words.proxy.clone(),
+            "name" => words.name.as_deref().map(device_name_word),
+            "rdns" => words.rdns.clone(),
+            _ => None,
+        }
+        .filter(|v| !v.is_empty())?;
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// `{name}`: lower-cased, every run of characters other than `-a-z0-9` replaced by `-`.
+fn device_name_word(name: &str) -> String {
+    let mut out = String::new();
+    let mut in_run = false;
+    for c in name.to_lowercase().chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+            out.push(c);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    out
+}
+
+/// Whether any `CSR*` attribute uses `{rdns}` (only then is the reverse lookup done).
+pub fn uses_rdns(customcerts: &Element) -> bool {
+    customcerts.attrs.iter().any(|(k, v)| k.starts_with("CSR") && v.contains("{rdns}"))
+}
+
+/// A certificate file in DER or PEM as DER.
+pub fn der_of(data: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(data).ok();
+    match text.filter(|t| t.contains("-----BEGIN")) {
+        Some(text) => {
+            let body: String = text
+                .lines()
+                .skip_while(|l| !l.starts_with("-----BEGIN"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect::<Vec<_>>()
+                .concat();
+            base64_decode(body.trim())
+        }
+        None => Some(data.to_vec()),
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    };
+    let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let data: Vec<u8> = clean.iter().copied().take_while(|b| *b != b'=').collect();
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    for chunk in data.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    Some(out)
 }
 
 /// `2099-01-01T00:00:00Z` (the device's time format) as epoch seconds.
@@ -311,6 +540,28 @@ mod tests {
         assert_eq!(hex_to_bytes("3g"), None);
         assert_eq!(pem("X", b"hello"), "-----BEGIN X-----\r\naGVsbG8=\r\n-----END X-----\r\n");
         assert_eq!(pem("X", b"hi!"), "-----BEGIN X-----\r\naGkh\r\n-----END X-----\r\n");
+    }
+
+    #[test]
+    fn pem_round_trip() {
+        let der: Vec<u8> = (0u8..=200).collect();
+        assert_eq!(der_of(pem("CERTIFICATE", &der).as_bytes()).unwrap(), der);
+        assert_eq!(der_of(&der).unwrap(), der);
+    }
+
+    #[test]
+    fn meta_words() {
+        let words = CsrWords {
+            serial: "00-90-33-3e-0c-57".into(),
+            stored_hwid: Some("IP232-3e-0c-57".into()),
+            name: Some("Reception Phone #1".into()),
+            ..CsrWords::default()
+        };
+        assert_eq!(replace_words("{hwid}.example.com", &words).as_deref(), Some("IP232-3e-0c-57.example.com"));
+        assert_eq!(replace_words("{sn}", &words).as_deref(), Some("0090333e0c57"));
+        assert_eq!(replace_words("{name}", &words).as_deref(), Some("reception-phone-1"));
+        assert_eq!(replace_words("x{realip}", &words), None);
+        assert_eq!(replace_words("{bogus}", &words), None);
     }
 
     #[test]

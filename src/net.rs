@@ -54,6 +54,64 @@ pub fn parse_ranges(text: &str) -> Result<Vec<IpRange>, String> {
         .collect()
 }
 
+/// The host name of an address (reverse DNS), for the `{rdns}` CSR word.
+pub fn reverse_lookup(address: &str) -> Option<String> {
+    let ip: IpAddr = address.parse().ok()?;
+    let socket = std::net::SocketAddr::new(ip, 0);
+    let (storage, length) = socket_address(&socket);
+    let mut host = [0 as libc::c_char; 1025];
+    // SAFETY: storage holds a valid sockaddr of `length` bytes; host is a writable buffer of the
+    // size we pass; getnameinfo writes a NUL-terminated string into it on success.
+    let rc = unsafe {
+        libc::getnameinfo(
+            &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+            length,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NAMEREQD,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: getnameinfo succeeded, so host is NUL-terminated within its length.
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+    name.to_str().ok().map(String::from)
+}
+
+fn socket_address(address: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage, which is suitably aligned for it.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage, which is suitably aligned for it.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +129,11 @@ mod tests {
         assert!(parse_ranges("10.0.0.0/33").is_err());
         assert!(parse_ranges("nonsense").is_err());
         assert!(parse_ranges("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn loopback_has_a_name() {
+        assert!(reverse_lookup("127.0.0.1").is_some());
+        assert_eq!(reverse_lookup("not an address"), None);
     }
 }

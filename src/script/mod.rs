@@ -6,7 +6,7 @@ pub mod output;
 pub mod rewrite;
 pub mod snippets;
 
-use crate::certs::{self, CertificateState};
+use crate::certs::{self, CertificatePlan};
 use crate::config::{Applies, Config};
 use crate::device::Origin;
 use crate::state::{self, LockedState};
@@ -280,26 +280,28 @@ impl Run<'_> {
         }
         self.script.blank();
 
-        // step 11: certificates, then queries
-        let certificate = if config.customcerts.is_some() && config.status.is_some() {
-            certs::evaluate(store.doc(), now, config)
-        } else {
-            CertificateState::Disabled
-        };
+        // step 11: queries, then certificates
+        let certificate = self.certificate_plan(store.doc(), serial, device_type);
         self.query_commands(&classes, &environments)?;
         self.script.blank();
-        let certificate_commands = certificate.commands();
+        for (comment, commands) in &certificate.steps {
+            self.script.comment(format!("certificates: {comment} "));
+            self.script.commands(commands);
+        }
         {
             let device = state::device(store.doc());
-            match certificate.status_text() {
-                Some(text) => device.set_attr("certstat", text),
+            match &certificate.status {
+                Some(text) => device.set_attr("certstat", text.clone()),
                 None => device.remove_attr("certstat"),
             }
-            if certificate.proceeds() {
-                device.set_attr("requestDownloaded", "false");
+            match certificate.request_downloaded {
+                Some(value) => device.set_attr("requestDownloaded", value),
+                None => device.remove_attr("requestDownloaded"),
             }
         }
-        self.script.comment(format!("certificates: {}", certificate.description()));
+        if certificate.remove_request_files {
+            self.remove_request_files(serial);
+        }
 
         // step 12: times
         if config.times.allow.is_some() || config.times.initial.is_some() {
@@ -335,9 +337,8 @@ impl Run<'_> {
         }
 
         // step 15: certificate commands take the whole poll
-        if !certificate.proceeds() {
-            self.script.commands(&certificate_commands);
-            if certificate.skips_next() {
+        if !certificate.proceeds {
+            if certificate.skip_next {
                 store.doc().set_attr("skipnext", now.to_string());
             }
             self.state_args.polling = config.times.polling;
@@ -456,6 +457,73 @@ impl Run<'_> {
         LockedState::open(&path)
             .map(StateStore::File)
             .map_err(|e| Bailout(format!("cannot open device state {}/{serial}.xml: {e}", status.dir)))
+    }
+
+    /// Step 11's certificate decisions, with what the server holds for the device read here.
+    fn certificate_plan(&self, doc: &Element, serial: &str, device_type: &str) -> CertificatePlan {
+        let config = self.config;
+        let customcerts = config.customcerts.as_ref().filter(|_| config.status.is_some());
+        let device = doc.child("device");
+        let stored = |name: &str| device.and_then(|d| d.attr(name)).filter(|v| !v.is_empty()).map(String::from);
+        let mut words = certs::CsrWords {
+            serial: serial.to_string(),
+            device_type: device_type.to_string(),
+            stored_realip: stored("realip"),
+            stored_hwid: stored("hwid"),
+            ip: self.call.origin.ip.clone(),
+            proxy: Some(self.call.origin.proxy.clone()).filter(|p| !p.is_empty()),
+            name: doc
+                .child("queries")
+                .and_then(|q| q.child("admin"))
+                .and_then(|a| a.child("info"))
+                .and_then(|i| i.attr("name"))
+                .map(String::from),
+            rdns: None,
+        };
+        let mut files = certs::ServerFiles::default();
+        if let Some(customcerts) = customcerts {
+            if certs::uses_rdns(customcerts) {
+                words.rdns = words.stored_realip.as_deref().and_then(crate::net::reverse_lookup);
+            }
+            let dir_name = customcerts.attr("dir").unwrap_or("certs").trim_end_matches('/');
+            let dir = self.root.join(dir_name);
+            files.signed_certificate = std::fs::read(dir.join(format!("{serial}-signedrequest.cer")))
+                .ok()
+                .and_then(|data| certs::der_of(&data));
+            files.request_downloaded = dir.join(format!("{serial}-request.p10.der")).is_file();
+            let pattern = customcerts.attr("CAkeys").unwrap_or("CAkey*");
+            let mut chain: Vec<String> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|name| glob_match(pattern, name))
+                        .collect()
+                })
+                .unwrap_or_default();
+            chain.sort();
+            files.ca_chain = chain
+                .into_iter()
+                .filter_map(|name| {
+                    let der = std::fs::read(dir.join(&name)).ok().and_then(|d| certs::der_of(&d))?;
+                    Some((format!("{dir_name}/{name}"), der))
+                })
+                .collect();
+        }
+        let vardump_base = format!("{}/update.php", self.call.base_url);
+        certs::plan(doc, customcerts, &words, &files, &vardump_base, self.call.now)
+    }
+
+    /// Removes the request files of a device whose certificate needs no replacement.
+    fn remove_request_files(&mut self, serial: &str) {
+        let Some(customcerts) = &self.config.customcerts else { return };
+        let dir = self.root.join(customcerts.attr("dir").unwrap_or("certs"));
+        for suffix in ["-request.p10.der", "-request.p10.pem", "-requesterror", "-request.der.key", "-signedrequest.cer"] {
+            let path = dir.join(format!("{serial}{suffix}"));
+            if path.is_file() && std::fs::remove_file(&path).is_ok() {
+                self.script.note(format!("removed leftover {}", path.strip_prefix(self.root).unwrap_or(&path).display()));
+            }
+        }
     }
 
     /// Step 11's query commands.
@@ -643,6 +711,22 @@ pub fn expand_environments(config: &Config, requested: Option<&str>) -> Result<V
         add(config, name, &mut result)?;
     }
     Ok(result)
+}
+
+/// Shell-style matching of a file name against `*` and `?` (the `CAkeys` attribute).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    fn matches(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => matches(&p[1..], n) || (!n.is_empty() && matches(p, &n[1..])),
+            (Some('?'), Some(_)) => matches(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => matches(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    matches(&p, &n)
 }
 
 /// A snippet file that exists.
