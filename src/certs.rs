@@ -22,13 +22,28 @@ impl TlsIdentity {
     /// Reads the identity from CGI variables.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> TlsIdentity {
         let nonempty = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        // lighttpd exports no issuer variable at all; with ssl.verifyclient.exportcert the
+        // certificate itself is there to read it from
+        let exported = nonempty("SSL_CLIENT_CERT").and_then(|pem| names_in_certificate(&pem));
         TlsIdentity {
-            common_name: nonempty("SSL_CLIENT_S_DN_CN"),
+            common_name: nonempty("SSL_CLIENT_S_DN_CN").or_else(|| exported.as_ref().and_then(|n| n.0.clone())),
             verify: nonempty("SSL_CLIENT_VERIFY"),
-            issuer: nonempty("SSL_CLIENT_I_DN_CN").or_else(|| nonempty("SSL_CLIENT_I_DN").map(|dn| common_name_of(&dn))),
+            issuer: nonempty("SSL_CLIENT_I_DN_CN")
+                .or_else(|| nonempty("SSL_CLIENT_I_DN").map(|dn| common_name_of(&dn)))
+                .or_else(|| exported.and_then(|n| n.1)),
             lighttpd: var("SERVER_SOFTWARE").is_some_and(|s| s.contains("lighttpd/")),
         }
     }
+}
+
+/// Subject CN and issuer CN of a PEM (or DER) certificate.
+pub fn names_in_certificate(certificate: &str) -> Option<(Option<String>, Option<String>)> {
+    let der = der_of(certificate.as_bytes())?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let first_cn = |name: &x509_parser::x509::X509Name| {
+        name.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(String::from)
+    };
+    Some((first_cn(parsed.subject()), first_cn(parsed.issuer())))
 }
 
 /// The CN of a distinguished name in any of the usual forms (`/C=DE/CN=x`, `CN=x,O=y`,
@@ -540,6 +555,19 @@ mod tests {
         assert_eq!(hex_to_bytes("3g"), None);
         assert_eq!(pem("X", b"hello"), "-----BEGIN X-----\r\naGVsbG8=\r\n-----END X-----\r\n");
         assert_eq!(pem("X", b"hi!"), "-----BEGIN X-----\r\naGkh\r\n-----END X-----\r\n");
+    }
+
+    /// A real certificate (CN=IP232-3e-0c-57, issued by "innovaphone Device Certification
+    /// Authority") is read from the conformance corpus when it is there; the CA file of the
+    /// signed-upload case names its own issuer.
+    #[test]
+    fn names_from_an_exported_certificate() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/cases/customcerts-signed-upload/tree/certs/CAkey1.pem");
+        let pem = std::fs::read_to_string(ca).expect("the conformance corpus is beside the repository");
+        let (subject, issuer) = names_in_certificate(&pem).unwrap();
+        assert_eq!(subject.as_deref(), Some("innovaphone Device Certification Authority"));
+        assert_eq!(issuer.as_deref(), Some("innovaphone Device Certification Authority"));
+        assert!(names_in_certificate("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod device;
 pub mod device_data;
+pub mod dynamic;
 pub mod http;
 pub mod master;
 pub mod net;

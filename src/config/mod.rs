@@ -136,6 +136,14 @@ pub struct Config {
     pub migrate_url: String,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<crate::net::IpRange>,
+    /// The dynamic snippet program (`dynamic/@exec`, relative to the root) and its time limit.
+    pub dynamic: Option<Dynamic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynamic {
+    pub exec: String,
+    pub timeout_secs: u64,
 }
 
 /// Reads `config.xml` and the user's file under `root` and builds the configuration.
@@ -324,6 +332,8 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
 
     let migrate_url = nonblank(&section("migrate"), "url")
         .unwrap_or_else(|| "https://update.yourcompany.com:444/update/update.php".into());
+    let d = section("dynamic");
+    let dynamic = nonblank(&d, "exec").map(|exec| Dynamic { exec, timeout_secs: int_or(&d, "timeout", 5).clamp(1, 60) as u64 });
     let trusted_proxies = crate::net::parse_ranges(&attr(&section("proxies"), "trusted"))
         .map_err(|e| ConfigError::Invalid(format!("proxies/@trusted: {e}")))?;
 
@@ -346,6 +356,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
         queries,
         migrate_url,
         trusted_proxies,
+        dynamic,
         tree,
     })
 }

@@ -375,9 +375,21 @@ impl Run<'_> {
             None => self.state_args.polling = 0,
         }
 
-        // step 18: dynamic snippets (none configured: standard snippets only)
-        let pre: Vec<String> = Vec::new();
-        let post: Vec<String> = Vec::new();
+        // step 18: dynamic snippets
+        let dynamic = match self.dynamic_lines(store.doc(), &classes, &environments) {
+            Ok(lines) => lines,
+            Err(failure) => {
+                self.script.note(format!("dynamic snippets failed: {failure} - nothing delivered"));
+                return self.finish(store, now, logkeep);
+            }
+        };
+        let (pre, post) = (dynamic.pre, dynamic.post);
+        let files: Vec<SnippetFile> = if dynamic.standard {
+            files
+        } else {
+            self.script.comment("dynamic snippets: standard snippets not sent this time");
+            Vec::new()
+        };
 
         // step 19: CHECK, only once the device is in its last phase
         let signature = if next_phase.is_none() && config.times.check {
@@ -457,6 +469,47 @@ impl Run<'_> {
         LockedState::open(&path)
             .map(StateStore::File)
             .map_err(|e| Bailout(format!("cannot open device state {}/{serial}.xml: {e}", status.dir)))
+    }
+
+    /// Step 18: the operator's program for dynamic lines, when one is configured.
+    fn dynamic_lines(&mut self, doc: &Element, classes: &[String], environments: &[String]) -> Result<crate::dynamic::Lines, String> {
+        let Some(dynamic) = &self.config.dynamic else {
+            return Ok(crate::dynamic::Lines { standard: true, ..Default::default() });
+        };
+        let call = self.call;
+        let mut environment: Vec<(String, String)> = vec![
+            ("UPDATE_SN".into(), call.arg("sn").unwrap_or_default().into()),
+            ("UPDATE_HWID".into(), call.arg("hwid").unwrap_or_default().into()),
+            ("UPDATE_TYPE".into(), call.arg("type").unwrap_or_default().into()),
+            ("UPDATE_IP".into(), call.arg("ip").unwrap_or_default().into()),
+            ("UPDATE_REMOTE_ADDR".into(), call.origin.ip.clone()),
+            ("UPDATE_PHASE".into(), self.current_phase.clone()),
+            ("UPDATE_NEXTPHASE".into(), self.following_phase.clone()),
+            ("UPDATE_CLASSES".into(), classes.join(",")),
+            ("UPDATE_ENVIRONMENTS".into(), environments.join(",")),
+            ("UPDATE_BASE_URL".into(), call.base_url.clone()),
+            ("UPDATE_HTTPS".into(), if call.https { "on" } else { "off" }.into()),
+        ];
+        for (name, value) in &call.args {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                environment.push((format!("UPDATE_ARG_{name}"), value.clone()));
+            }
+        }
+        let program = self.root.join(&dynamic.exec);
+        let lines = crate::dynamic::run(
+            &program,
+            self.root,
+            &doc.to_document(),
+            &environment,
+            std::time::Duration::from_secs(dynamic.timeout_secs),
+        )?;
+        self.script.comment(format!(
+            "dynamic snippets ({}): {} pre-line(s), {} post-line(s)",
+            dynamic.exec,
+            lines.pre.len(),
+            lines.post.len()
+        ));
+        Ok(lines)
     }
 
     /// Step 11's certificate decisions, with what the server holds for the device read here.
