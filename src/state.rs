@@ -73,7 +73,9 @@ impl LockedState {
     /// Writes the state: a temporary file in the same folder, flushed, then renamed over the
     /// old one, so a reader or a crash never sees a half-written file.
     pub fn save(mut self) -> io::Result<()> {
-        write_atomically(&self.path, self.state.to_document().as_bytes())?;
+        // the state is rewritten on every poll: flushing it to the disk each time would cap the
+        // poll rate at the disk's flush rate; the rename alone keeps it whole for every reader
+        write_file(&self.path, self.state.to_document().as_bytes(), Durability::Renamed)?;
         self.saved = true;
         Ok(())
     }
@@ -96,8 +98,24 @@ impl Drop for LockedState {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Replaces `path` with `data` atomically (temporary file in the same folder + rename).
+/// How hard a replacement insists on reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Data flushed before the rename: survives a power cut (backups, certificates).
+    Flushed,
+    /// Only renamed: readers and crashes of this process never see a partial file; a power cut
+    /// may lose the latest version (device state, rewritten on every poll).
+    Renamed,
+}
+
+/// Replaces `path` with `data` atomically and durably (temporary file in the same folder,
+/// flushed, renamed).
 pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_file(path, data, Durability::Flushed)
+}
+
+/// Replaces `path` with `data` atomically (temporary file in the same folder + rename).
+pub fn write_file(path: &Path, data: &[u8], durability: Durability) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temp = dir.join(format!(
@@ -108,7 +126,9 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
         file.write_all(data)?;
-        file.sync_data()?;
+        if durability == Durability::Flushed {
+            file.sync_data()?;
+        }
         fs::rename(&temp, path)
     })();
     if result.is_err() {
