@@ -1,0 +1,435 @@
+//! Helpers shared by the integration tests: install-tree copies in temporary roots, the binary
+//! run as CGI exactly like the conformance harness runs it, a small loopback HTTP/1.0 client,
+//! and a real lighttpd that is stopped when the test ends.
+//!
+//! Nothing here writes into the repository: every root lives in a `tempfile::TempDir`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The repository, which is also the install tree (`config.xml`, `scripts/`, …).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `update-server` binary cargo built for this test run.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_update-server"))
+}
+
+/// The mtime the conformance harness gives overlaid files: old enough that no snippet is
+/// inside the `times/@grace` window.
+pub const OLD_MTIME: u64 = 1_600_000_000;
+
+/// A device that polls in the tests (same identity as the conformance cases).
+pub const DEVICE_SN: &str = "00-90-33-3e-0c-57";
+pub const DEVICE_QUERY: &str =
+    "type=IP232&sn=00-90-33-3e-0c-57&hwid=IP232-3e-0c-57&ip=172.16.4.57&polling=0&phase=update";
+
+/// Directory names the harness leaves out when it copies the install tree.
+const NOT_INSTALLED: &[&str] = &[".git", "target", "node_modules"];
+
+/// Copies the install tree to `dst`: the files a fresh clone would have (git's tracked files
+/// and new ones it does not ignore), so a developer's runtime data (`status/`, `cache/`,
+/// `config/user-config.xml`, …, all git-ignored) cannot change what a test sees. Without git,
+/// the repository without `.git` and `target` is copied and the runtime folders are emptied.
+pub fn copy_install_tree(dst: &Path) {
+    let listed = Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .current_dir(repo_root())
+        .output()
+        .ok()
+        .filter(|out| out.status.success());
+    if let Some(out) = listed {
+        for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let relative = Path::new(std::str::from_utf8(name).expect("file names are UTF-8"));
+            let from = repo_root().join(relative);
+            if !from.is_file() {
+                continue; // deleted in the working tree
+            }
+            let to = dst.join(relative);
+            fs::create_dir_all(to.parent().expect("a file has a folder")).expect("creating a folder");
+            fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        }
+        return;
+    }
+    copy_dir(&repo_root(), dst).unwrap_or_else(|e| panic!("copying the install tree to {}: {e}", dst.display()));
+    for runtime in ["status", "cache", "backup", "certs"] {
+        let dir = dst.join(runtime);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() == ".keep" {
+                    continue;
+                }
+                let path = entry.path();
+                let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            }
+        }
+        fs::create_dir_all(&dir).expect("creating a runtime folder");
+    }
+    let _ = fs::remove_file(dst.join("config/user-config.xml"));
+    let _ = fs::remove_file(dst.join("config/user-config-dvl.xml"));
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if NOT_INSTALLED.iter().any(|n| name == *n) {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(&name);
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            copy_dir(&from, &to)?;
+        } else {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `rel` under `root` (creating folders) with the harness's old mtime.
+pub fn write_old_file(root: &Path, rel: &str, contents: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().expect("file has a parent")).expect("creating folders");
+    fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    let file = fs::File::options().write(true).open(&path).expect("reopening for mtime");
+    file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(OLD_MTIME))
+        .expect("setting mtime");
+}
+
+/// The smallest useful setup: no master device, state tracking on, one snippet for everyone.
+pub fn write_basic_setup(root: &Path) {
+    write_old_file(
+        root,
+        "config/user-config.xml",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config>\n    <master info=\"\"/>\n    <status dir=\"status\"/>\n</config>\n",
+    );
+    write_old_file(
+        root,
+        "scripts/update-all-default.txt",
+        "# snippet all-default\nconfig add CMD0 /location all-default\n",
+    );
+}
+
+/// An answer as the conformance harness judges it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The command lines (see [`commands_of`]).
+    pub fn commands(&self) -> Vec<String> {
+        commands_of(&self.body)
+    }
+
+    /// The value of `mod cmd UP1 check ser <md5>`, if the answer sets one.
+    pub fn check_serial(&self) -> Option<String> {
+        self.commands().iter().find_map(|line| {
+            line.trim().strip_prefix("mod cmd UP1 check ser ").map(|v| v.trim().to_string())
+        })
+    }
+}
+
+/// The harness's view of a body: CRLF → LF, trailing blanks removed, blank and `#` lines dropped.
+pub fn commands_of(body: &str) -> Vec<String> {
+    body.replace("\r\n", "\n")
+        .split('\n')
+        .map(str::trim_end)
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits `Header: value` lines from the body (CGI output or an HTTP response after the
+/// status line).
+fn split_head(raw: &[u8]) -> (Vec<(String, String)>, String) {
+    let (head, body) = match find(raw, b"\r\n\r\n") {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => match find(raw, b"\n\n") {
+            Some(i) => (&raw[..i], &raw[i + 2..]),
+            None => (raw, &raw[raw.len()..]),
+        },
+    };
+    let headers = String::from_utf8_lossy(head)
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (headers, String::from_utf8_lossy(body).into_owned())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What a CGI request looks like apart from the script and query.
+#[derive(Debug, Clone)]
+pub struct CgiContext {
+    /// URL path of the install directory, e.g. `/update` (no trailing slash).
+    pub url_prefix: String,
+    pub host: String,
+    pub port: u16,
+    pub remote_addr: String,
+    pub server_software: String,
+}
+
+impl Default for CgiContext {
+    fn default() -> Self {
+        CgiContext {
+            url_prefix: "/mtls/update".into(),
+            host: "update.example.com".into(),
+            port: 80,
+            remote_addr: "172.16.4.57".into(),
+            server_software: "Apache/2.4.57 (Debian)".into(),
+        }
+    }
+}
+
+/// Runs the binary as a CGI program for a GET of `script` (relative to the install directory),
+/// with the environment the conformance harness builds (nothing inherited but `PATH`).
+pub fn cgi_get(root: &Path, ctx: &CgiContext, script: &str, query: &str) -> Answer {
+    let script_name = format!("{}/{}", ctx.url_prefix.trim_end_matches('/'), script);
+    let script_filename = root.join(script);
+    let cwd = script_filename.parent().expect("script has a folder").to_path_buf();
+    fs::create_dir_all(&cwd).expect("creating the script folder");
+    let request_uri = if query.is_empty() { script_name.clone() } else { format!("{script_name}?{query}") };
+    let http_host = if ctx.port == 80 || ctx.port == 443 { ctx.host.clone() } else { format!("{}:{}", ctx.host, ctx.port) };
+    let mut command = Command::new(binary());
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("TZ", "UTC")
+        .env("LANG", "C")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REQUEST_METHOD", "GET")
+        .env("QUERY_STRING", query)
+        .env("REQUEST_URI", request_uri)
+        .env("SCRIPT_NAME", &script_name)
+        .env("SCRIPT_FILENAME", &script_filename)
+        .env("DOCUMENT_ROOT", root)
+        .env("HTTP_HOST", http_host)
+        .env("SERVER_NAME", &ctx.host)
+        .env("SERVER_PORT", ctx.port.to_string())
+        .env("SERVER_ADDR", "127.0.0.1")
+        .env("REMOTE_ADDR", &ctx.remote_addr)
+        .env("REMOTE_PORT", "49152")
+        .env("SERVER_SOFTWARE", &ctx.server_software)
+        .env("REDIRECT_STATUS", "200")
+        .env("HTTP_USER_AGENT", "innovaphone-update/1.0")
+        .env("REQUEST_SCHEME", "http")
+        .current_dir(&cwd)
+        .stdin(Stdio::null());
+    let output = run_with_timeout(command, Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "CGI run of {script}?{query} exited with {}; stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (headers, body) = split_head(&output.stdout);
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == "status")
+        .and_then(|(_, v)| v.get(..3).and_then(|code| code.parse().ok()))
+        .unwrap_or(if headers.iter().any(|(k, _)| k == "location") { 302 } else { 200 });
+    Answer { status, headers, body }
+}
+
+/// Runs `command` to completion, killing it after `limit`.
+pub fn run_with_timeout(mut command: Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = waiter.join();
+        panic!("{:?} did not finish within {limit:?}", command.get_program());
+    }
+    waiter.join().expect("waiter thread").expect("waiting for the child")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral loopback port")
+        .port()
+}
+
+/// A `GET` over HTTP/1.0 to 127.0.0.1:`port` with `Host: host`; every step has a time-out.
+pub fn http_get(port: u16, path_and_query: &str, host: &str) -> Answer {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let limit = Duration::from_secs(20);
+    let mut stream = TcpStream::connect_timeout(&address, limit)
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    stream.set_write_timeout(Some(limit)).expect("write timeout");
+    let request = format!(
+        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: innovaphone-update/1.0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("sending the request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("reading the answer to GET {path_and_query}: {e}"));
+    let line_end = find(&raw, b"\r\n").unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(&raw)));
+    let status_line = String::from_utf8_lossy(&raw[..line_end]).into_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let (headers, body) = split_head(&raw[line_end + 2..]);
+    Answer { status, headers, body }
+}
+
+pub const LIGHTTPD: &str = "/usr/sbin/lighttpd";
+
+/// A lighttpd running in the foreground in its own process group (so that the FastCGI
+/// backends it spawns go down with it); stopped on drop.
+pub struct Lighttpd {
+    child: Child,
+    pub port: u16,
+    pub error_log: PathBuf,
+    pub output: PathBuf,
+}
+
+impl Lighttpd {
+    /// Starts `lighttpd -D -f conf` and waits until it accepts connections on `port`.
+    /// `error_log` is the file the configuration names in `server.errorlog`.
+    pub fn start(conf: &Path, port: u16, error_log: &Path) -> Lighttpd {
+        use std::os::unix::process::CommandExt;
+        assert!(
+            Path::new(LIGHTTPD).exists(),
+            "{LIGHTTPD} is not installed: this test needs Debian's lighttpd (apt-get install lighttpd; .ci/run installs it)"
+        );
+        let check = Command::new(LIGHTTPD).arg("-tt").arg("-f").arg(conf).output().expect("running lighttpd -tt");
+        assert!(
+            check.status.success(),
+            "lighttpd refuses the configuration {}:\n{}{}",
+            conf.display(),
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let output = conf.with_extension("out");
+        let out = fs::File::create(&output).expect("creating the lighttpd output file");
+        let child = Command::new(LIGHTTPD)
+            .arg("-D")
+            .arg("-f")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("starting lighttpd");
+        let mut server = Lighttpd { child, port, error_log: error_log.to_path_buf(), output };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("lighttpd exited at start ({status}):\n{}", server.logs());
+            }
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return server;
+            }
+            if Instant::now() > deadline {
+                panic!("lighttpd did not listen on 127.0.0.1:{port} within 15 s:\n{}", server.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// lighttpd's error log and console output, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- {}\n{}\n--- {}\n{}",
+            self.error_log.display(),
+            fs::read_to_string(&self.error_log).unwrap_or_default(),
+            self.output.display(),
+            fs::read_to_string(&self.output).unwrap_or_default()
+        )
+    }
+
+    /// Process ids of the children of lighttpd whose executable is `exe` (the spawned backends).
+    pub fn backend_pids(&self, exe: &Path) -> Vec<u32> {
+        let exe = fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+        children_of(self.child.id())
+            .into_iter()
+            .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).map(|p| p == exe).unwrap_or(false))
+            .collect()
+    }
+}
+
+/// Direct children of `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The field after the parenthesised command name: state, then ppid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Drop for Lighttpd {
+    fn drop(&mut self) {
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: signals to the process group this test created for lighttpd (process_group(0)
+        // made lighttpd its leader; its FastCGI backends inherit the group).
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // Whatever of the group is still there (lighttpd itself or an orphaned backend).
+        // SAFETY: as above; kill(-group, 0) only checks whether the group still exists.
+        unsafe {
+            if libc::kill(-group, 0) == 0 {
+                std::thread::sleep(Duration::from_millis(200));
+                if libc::kill(-group, 0) == 0 {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
