@@ -11,8 +11,6 @@ pub struct Element {
     /// Text directly inside the element (all text nodes concatenated).
     pub text: String,
     pub children: Vec<Element>,
-    /// 1-based line of the start tag in the source, 0 for built elements.
-    pub line: u32,
 }
 
 /// Why a document could not be read, with the position a person can look at.
@@ -48,20 +46,19 @@ impl Element {
             let pos = e.pos();
             ParseError { line: pos.row, column: pos.col, message: e.to_string() }
         })?;
-        Ok(Element::from_node(&doc, doc.root_element()))
+        Ok(Element::from_node(doc.root_element()))
     }
 
-    fn from_node(doc: &roxmltree::Document, node: roxmltree::Node) -> Element {
+    fn from_node(node: roxmltree::Node) -> Element {
         let mut element = Element {
             name: node.tag_name().name().to_string(),
             attrs: node.attributes().map(|a| (a.name().to_string(), a.value().to_string())).collect(),
             text: String::new(),
             children: Vec::new(),
-            line: doc.text_pos_at(node.range().start).row,
         };
         for child in node.children() {
             if child.is_element() {
-                element.children.push(Element::from_node(doc, child));
+                element.children.push(Element::from_node(child));
             } else if child.is_text() {
                 element.text.push_str(child.text().unwrap_or(""));
             }
@@ -224,7 +221,6 @@ mod tests {
     }
 
     fn strip_lines(mut e: Element) -> Element {
-        e.line = 0;
         e.text = e.text.trim().to_string();
         e.children = e.children.into_iter().map(strip_lines).collect();
         e

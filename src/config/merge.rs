@@ -32,7 +32,6 @@ pub fn merge(defaults: &mut Element, user: &Element) -> Result<(), String> {
             Some(index) => merge(&mut defaults.children[index], user_child)?,
             None => {
                 let mut fresh = Element::new(tag);
-                fresh.line = user_child.line;
                 merge(&mut fresh, user_child)?;
                 defaults.children.push(fresh);
             }

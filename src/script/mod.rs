@@ -164,7 +164,7 @@ impl Run<'_> {
         {
             let doc = store.doc();
             doc.set_attr("seen", now.to_string());
-            state::log(doc, now, "");
+            state::mark_request(doc, now);
         }
 
         // step 3: classes
@@ -395,7 +395,8 @@ impl Run<'_> {
         let signature = if next_phase.is_none() && config.times.check {
             let signature = snippets::check_signature(&pre, files.iter().map(|f| f.content.as_slice()), &post);
             if call.arg("CHECK") == Some(signature.as_str()) {
-                self.script.note(format!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
+                // the steady state of every provisioned device: a comment, not a log entry
+                self.script.comment(format!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
                 self.rewrite_if_needed(false);
                 return self.finish(store, now, logkeep);
             }
