@@ -12,11 +12,12 @@ use std::sync::Arc;
 pub struct App {
     root_override: Option<PathBuf>,
     configs: ConfigCache,
+    snippets: crate::filecache::FileCache,
 }
 
 impl App {
     pub fn new(root_override: Option<PathBuf>) -> App {
-        App { root_override, configs: ConfigCache::default() }
+        App { root_override, configs: ConfigCache::default(), snippets: Default::default() }
     }
 
     /// The root used when a request does not name one (the `serve` mode's tree).
@@ -74,7 +75,7 @@ impl App {
             Err(response) => return response,
         };
         let call = call_of(request, args, &config);
-        let outcome = script::run(root, &config, &call);
+        let outcome = script::run(root, &config, &call, &self.snippets);
         device_text(outcome.status, outcome.body)
     }
 

@@ -72,9 +72,8 @@ pub fn handle(mode: &str, root: &Path, config: &Config, request: &DataRequest) -
 fn open_state(root: &Path, config: &Config, request: &DataRequest, serial: &str, hwid: Option<&str>) -> Result<Option<LockedState>, Answer> {
     let state = match &config.status {
         Some(status) => {
-            let dir = root.join(&status.dir);
-            std::fs::create_dir_all(&dir).map_err(|e| refuse(500, format!("cannot create {}: {e}", status.dir)))?;
-            Some(LockedState::open(&dir.join(format!("{serial}.xml"))).map_err(|e| refuse(500, format!("cannot open device state: {e}")))?)
+            let path = root.join(&status.dir).join(format!("{serial}.xml"));
+            Some(LockedState::open(&path).map_err(|e| refuse(500, format!("cannot open device state: {e}")))?)
         }
         None => None,
     };

@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod device_data;
 pub mod dynamic;
+pub mod filecache;
 pub mod http;
 pub mod master;
 pub mod net;

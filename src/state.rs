@@ -34,7 +34,15 @@ impl LockedState {
     /// device is never locked out by a damaged file).
     pub fn open(path: &Path) -> io::Result<LockedState> {
         let file = loop {
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+            let opened = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+            let file = match opened {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // the status folder does not exist yet (first device of a new install)
+                    fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?
+                }
+                other => other?,
+            };
             // SAFETY: flock on a valid, owned file descriptor; blocks until the lock is ours.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -232,6 +240,13 @@ pub fn cleanup_expired(status_dir: &Path, now: i64, expire_secs: i64) {
     if expire_secs <= 0 {
         return;
     }
+    // the stamp file is looked at no more than once a minute by a long-running process
+    static LAST_LOOK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    let last_look = LAST_LOOK.load(Ordering::Relaxed);
+    if last_look != i64::MIN && now - last_look < 60 && now >= last_look {
+        return;
+    }
+    LAST_LOOK.store(now, Ordering::Relaxed);
     let stamp = status_dir.join("lastcleanup");
     let last = fs::metadata(&stamp).ok().and_then(|m| m.modified().ok()).map(crate::clock::epoch_of);
     if last.is_some_and(|t| now - t < 3600) {

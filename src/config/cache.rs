@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// What identifies the files a configuration was built from.
 type Fingerprint = Vec<Option<(i64, i64, u64, u64)>>;
@@ -22,20 +23,44 @@ fn fingerprint(root: &Path) -> Fingerprint {
         .collect()
 }
 
-#[derive(Default)]
+/// A cached configuration and when its files were last looked at.
+struct Entry {
+    fingerprint: Fingerprint,
+    checked: Instant,
+    result: Result<Arc<Config>, ConfigError>,
+}
+
 pub struct ConfigCache {
-    entries: Mutex<HashMap<PathBuf, (Fingerprint, Result<Arc<Config>, ConfigError>)>>,
+    entries: Mutex<HashMap<PathBuf, Entry>>,
+    /// How long a configuration is used before its files are looked at again: a change takes
+    /// effect at most this much later, and a busy server stats its files once in a while
+    /// instead of on every request.
+    recheck_after: Duration,
+}
+
+impl Default for ConfigCache {
+    fn default() -> ConfigCache {
+        ConfigCache::with_recheck_interval(Duration::from_secs(1))
+    }
 }
 
 impl ConfigCache {
+    pub fn with_recheck_interval(recheck_after: Duration) -> ConfigCache {
+        ConfigCache { entries: Mutex::new(HashMap::new()), recheck_after }
+    }
+
     /// The configuration of `root`, from the cache while its files are unchanged.
     pub fn get(&self, root: &Path) -> Result<Arc<Config>, ConfigError> {
-        let current = fingerprint(root);
         if let Ok(entries) = self.entries.lock() {
-            if let Some((seen, result)) = entries.get(root) {
-                if *seen == current {
-                    return result.clone();
-                }
+            if let Some(entry) = entries.get(root).filter(|e| e.checked.elapsed() < self.recheck_after) {
+                return entry.result.clone();
+            }
+        }
+        let current = fingerprint(root);
+        if let Ok(mut entries) = self.entries.lock() {
+            if let Some(entry) = entries.get_mut(root).filter(|e| e.fingerprint == current) {
+                entry.checked = Instant::now();
+                return entry.result.clone();
             }
         }
         let result = load(root).map(Arc::new);
@@ -43,7 +68,7 @@ impl ConfigCache {
             eprintln!("update-server: configuration of {}: {error}", root.display());
         }
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(root.to_path_buf(), (current, result.clone()));
+            entries.insert(root.to_path_buf(), Entry { fingerprint: current, checked: Instant::now(), result: result.clone() });
         }
         result
     }
@@ -59,7 +84,7 @@ mod tests {
         std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/config.xml"), dir.path().join("config.xml")).unwrap();
         let user = dir.path().join("user-config.xml");
         std::fs::write(&user, "<config><master info=''/><times grace='5'/></config>").unwrap();
-        let cache = ConfigCache::default();
+        let cache = ConfigCache::with_recheck_interval(Duration::ZERO);
         assert_eq!(cache.get(dir.path()).unwrap().times.grace, 5);
         std::fs::write(&user, "<config><master info=''/><times grace='7'/>\n<broken></config>").unwrap();
         match cache.get(dir.path()) {
@@ -71,5 +96,19 @@ mod tests {
         }
         std::fs::write(&user, "<config><master info=''/><times grace='11'/></config>").unwrap();
         assert_eq!(cache.get(dir.path()).unwrap().times.grace, 11);
+    }
+
+    #[test]
+    fn files_are_looked_at_again_only_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/config.xml"), dir.path().join("config.xml")).unwrap();
+        let user = dir.path().join("user-config.xml");
+        std::fs::write(&user, "<config><master info=''/><times grace='5'/></config>").unwrap();
+        let cache = ConfigCache::with_recheck_interval(Duration::from_millis(300));
+        assert_eq!(cache.get(dir.path()).unwrap().times.grace, 5);
+        std::fs::write(&user, "<config><master info=''/><times grace='6'/></config>").unwrap();
+        assert_eq!(cache.get(dir.path()).unwrap().times.grace, 5, "within the interval");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(cache.get(dir.path()).unwrap().times.grace, 6, "after it");
     }
 }

@@ -58,8 +58,8 @@ struct Bailout(String);
 
 const REQUIRED: [&str; 4] = ["type", "sn", "hwid", "ip"];
 
-/// Runs the update script for one device request.
-pub fn run(root: &Path, config: &Config, call: &Call) -> Outcome {
+/// Runs the update script for one device request; snippet files are read through `files`.
+pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::FileCache) -> Outcome {
     let mut script = Script::new();
     script.comment(format!(
         "update-server {} - configuration {} merged into config.xml",
@@ -70,6 +70,7 @@ pub fn run(root: &Path, config: &Config, call: &Call) -> Outcome {
         root,
         config,
         call,
+        file_cache: files,
         script: &mut script,
         state_args: StateArgs::default(),
         current_phase: String::new(),
@@ -127,6 +128,7 @@ struct Run<'a> {
     root: &'a Path,
     config: &'a Config,
     call: &'a Call,
+    file_cache: &'a crate::filecache::FileCache,
     script: &'a mut Script,
     state_args: StateArgs,
     /// The phase of this poll and the one after it, recorded on the state's root element
@@ -242,7 +244,17 @@ impl Run<'_> {
             &environments,
             config.environments.len() > 1,
         );
-        let files = read_snippets(&self.root.join(dir), dir, &names);
+        let files: Vec<SnippetFile> = self
+            .file_cache
+            .existing(&self.root.join(dir), &names)
+            .into_iter()
+            .map(|(name, snippet)| SnippetFile {
+                display_name: format!("{dir}/{name}"),
+                name,
+                mtime: snippet.mtime,
+                content: snippet.content,
+            })
+            .collect();
         self.script.comment(format!("existing files (from {dir}):"));
         for file in &files {
             self.script.comment(format!("> {}: {}", file.display_name, age_text(now - file.mtime)));
@@ -464,9 +476,7 @@ impl Run<'_> {
         let Some(status) = &self.config.status else {
             return Ok(StateStore::Memory(Element::new("state")));
         };
-        let dir = self.root.join(&status.dir);
-        std::fs::create_dir_all(&dir).map_err(|e| Bailout(format!("cannot create {}: {e}", status.dir)))?;
-        let path: PathBuf = dir.join(format!("{serial}.xml"));
+        let path: PathBuf = self.root.join(&status.dir).join(format!("{serial}.xml"));
         LockedState::open(&path)
             .map(StateStore::File)
             .map_err(|e| Bailout(format!("cannot open device state {}/{serial}.xml: {e}", status.dir)))
@@ -789,24 +799,7 @@ struct SnippetFile {
     /// `<times/@dir>/<name>`, as stored in the state and shown to people.
     display_name: String,
     mtime: i64,
-    content: Vec<u8>,
-}
-
-fn read_snippets(dir: &Path, dir_name: &str, names: &[String]) -> Vec<SnippetFile> {
-    names
-        .iter()
-        .filter_map(|name| {
-            let path = dir.join(name);
-            let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
-            let content = std::fs::read(&path).ok()?;
-            Some(SnippetFile {
-                name: name.clone(),
-                display_name: format!("{dir_name}/{name}"),
-                mtime: meta.modified().map(crate::clock::epoch_of).unwrap_or(0),
-                content,
-            })
-        })
-        .collect()
+    content: std::sync::Arc<Vec<u8>>,
 }
 
 fn age_text(seconds: i64) -> String {

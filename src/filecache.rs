@@ -1,0 +1,144 @@
+//! Snippet files kept between polls by the long-running modes. A poll looks at a dozen or more
+//! candidate names of which a few exist; the folder's listing and the files' contents are
+//! cached and re-validated with one `stat` of the folder and one of each existing file.
+//!
+//! A cached listing or content is only trusted when it was read well after the folder's or
+//! file's last modification: a change within the same clock tick as our read would otherwise
+//! go unnoticed (the problem git calls "racy" entries).
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How long after a modification a read is trusted to have seen it.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A snippet file as the update script needs it.
+#[derive(Debug, Clone)]
+pub struct Snippet {
+    pub mtime: i64,
+    pub content: Arc<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    mtime: (i64, i64),
+    size: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp { mtime: (meta.mtime(), meta.mtime_nsec()), size: meta.size(), inode: meta.ino() }
+    }
+
+    fn settled_at(&self, read_at: SystemTime) -> bool {
+        let modified = SystemTime::UNIX_EPOCH + Duration::new(self.mtime.0.max(0) as u64, self.mtime.1.clamp(0, 999_999_999) as u32);
+        read_at.duration_since(modified).is_ok_and(|d| d >= SETTLE)
+    }
+}
+
+struct Listing {
+    stamp: Stamp,
+    names: HashSet<String>,
+}
+
+struct Cached {
+    stamp: Stamp,
+    snippet: Snippet,
+}
+
+#[derive(Default)]
+pub struct FileCache {
+    listings: Mutex<HashMap<PathBuf, Listing>>,
+    files: Mutex<HashMap<PathBuf, Cached>>,
+}
+
+impl FileCache {
+    /// The files of `names` that exist in `dir`, in the order of `names`.
+    pub fn existing(&self, dir: &Path, names: &[String]) -> Vec<(String, Snippet)> {
+        let present = self.names_in(dir);
+        names
+            .iter()
+            .filter(|name| present.as_ref().map_or(true, |p| p.contains(name.as_str())))
+            .filter_map(|name| self.read(&dir.join(name)).map(|snippet| (name.clone(), snippet)))
+            .collect()
+    }
+
+    /// The names in `dir`, from the cache while the folder is unchanged; None when the folder
+    /// cannot be listed (then every candidate is looked at directly).
+    fn names_in(&self, dir: &Path) -> Option<HashSet<String>> {
+        let meta = std::fs::metadata(dir).ok()?;
+        let stamp = Stamp::of(&meta);
+        if let Ok(listings) = self.listings.lock() {
+            if let Some(listing) = listings.get(dir).filter(|l| l.stamp == stamp) {
+                return Some(listing.names.clone());
+            }
+        }
+        let read_at = SystemTime::now();
+        let names: HashSet<String> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        if stamp.settled_at(read_at) {
+            if let Ok(mut listings) = self.listings.lock() {
+                listings.insert(dir.to_path_buf(), Listing { stamp, names: names.clone() });
+            }
+        }
+        Some(names)
+    }
+
+    fn read(&self, path: &Path) -> Option<Snippet> {
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        let stamp = Stamp::of(&meta);
+        if let Ok(files) = self.files.lock() {
+            if let Some(cached) = files.get(path).filter(|c| c.stamp == stamp) {
+                return Some(cached.snippet.clone());
+            }
+        }
+        let read_at = SystemTime::now();
+        let content = std::fs::read(path).ok()?;
+        let snippet = Snippet { mtime: stamp.mtime.0, content: Arc::new(content) };
+        if stamp.settled_at(read_at) {
+            if let Ok(mut files) = self.files.lock() {
+                files.insert(path.to_path_buf(), Cached { stamp, snippet: snippet.clone() });
+            }
+        }
+        Some(snippet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, seconds: u64) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(seconds)).unwrap();
+    }
+
+    #[test]
+    fn sees_new_changed_and_removed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::default();
+        let names = vec!["a.txt".to_string(), "b.txt".to_string()];
+        std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+        age(&dir.path().join("a.txt"), 100);
+        let got = cache.existing(dir.path(), &names);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.content.as_slice(), b"one");
+        // a new file right now: the folder changed, so it is listed again
+        std::fs::write(dir.path().join("b.txt"), "two").unwrap();
+        assert_eq!(cache.existing(dir.path(), &names).len(), 2);
+        // rewritten in place with the same size: the modification time tells
+        std::fs::write(dir.path().join("a.txt"), "uno").unwrap();
+        let got = cache.existing(dir.path(), &names);
+        assert_eq!(got[0].1.content.as_slice(), b"uno");
+        std::fs::remove_file(dir.path().join("a.txt")).unwrap();
+        let got = cache.existing(dir.path(), &names);
+        assert_eq!(got.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["b.txt"]);
+    }
+}
