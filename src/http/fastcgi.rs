@@ -617,8 +617,11 @@ impl Service {
             );
             return;
         }
+        // a new connection is opened to send a request right away (lighttpd opens one per
+        // request), so it starts on the request time-out; only a kept-alive connection waits
+        // idle between requests
         let ready = stream
-            .set_read_timeout(IDLE_TIMEOUT)
+            .set_read_timeout(REQUEST_TIMEOUT)
             .and_then(|()| stream.set_write_timeout(REQUEST_TIMEOUT));
         let result = ready
             .map_err(ConnectionError::from)
@@ -654,8 +657,9 @@ fn serve_connection(
 ) -> Result<(), ConnectionError> {
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut session = Session::new(MAX_CONNECTIONS);
-    let mut content = vec![0u8; MAX_CONTENT_LEN + 255];
-    let mut idle = true;
+    // grown to the largest record seen; most records are far smaller than the 64 KiB maximum
+    let mut content: Vec<u8> = Vec::with_capacity(4096);
+    let mut idle = false;
     loop {
         let Some(header) = read_header(&mut reader, idle)? else {
             return Ok(());
@@ -666,6 +670,9 @@ fn serve_connection(
         }
         let length = usize::from(header.content_length);
         let record_len = length + usize::from(header.padding_length);
+        if content.len() < record_len {
+            content.resize(record_len, 0);
+        }
         read_exact_or_truncated(&mut reader, &mut content[..record_len])?;
         match session.on_record(&header, &content[..length]) {
             Action::Nothing => {}
