@@ -59,6 +59,11 @@ impl Response {
         let mut out = Vec::with_capacity(self.body.len() + 128);
         out.extend_from_slice(format!("Status: {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes());
         for (k, v) in &self.headers {
+            // a value carrying a line break could add headers of its own: such a header is
+            // dropped rather than passed on
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                continue;
+            }
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
@@ -104,5 +109,19 @@ where
 {
     fn handle(&self, request: Request) -> Response {
         self(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_injection_is_dropped() {
+        let mut response = Response::text(302, "# x");
+        response.headers.push(("Location".into(), "https://a/?x\r\nSet-Cookie: s=1".into()));
+        let bytes = String::from_utf8(response.to_cgi_bytes()).unwrap();
+        assert!(bytes.starts_with("Status: 302 Found\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n"), "{bytes}");
+        assert!(!bytes.contains("Set-Cookie"));
     }
 }

@@ -811,3 +811,45 @@ fn age_text(seconds: i64) -> String {
         s => format!("{} weeks", s / 604800),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::Element;
+
+    fn config(user: &str) -> Config {
+        let defaults = Element::parse_trusted(include_str!("../../config.xml")).unwrap();
+        crate::config::build(defaults, &Element::parse(user).unwrap(), "user-config.xml").unwrap()
+    }
+
+    #[test]
+    fn classes_in_configuration_order_then_the_type() {
+        let c = config("<config><master info=''/></config>");
+        assert_eq!(device_classes(&c, "IP232"), ["phone", "pre_opus_phone", "phone_newui", "ip232"]);
+        assert_eq!(device_classes(&c, "IP0011"), ["gw", "pbx", "ip0011"]);
+        assert_eq!(device_classes(&c, "unknown9"), ["unknown9"]);
+        let c = config("<config><classes><class id='Lobby'><model>IP232</model></class></classes></config>");
+        assert_eq!(device_classes(&c, "ip232").last().map(String::as_str), Some("ip232"));
+        assert!(device_classes(&c, "ip232").contains(&"Lobby".to_string()));
+    }
+
+    #[test]
+    fn environments_with_implications_without_duplicates() {
+        let c = config(
+            "<config><environments><environment id='berlin'><implies>germany</implies></environment>\
+             <environment id='germany'/><environment id='munich'><implies>bavaria</implies><implies>germany</implies></environment>\
+             <environment id='bavaria'/></environments></config>",
+        );
+        assert_eq!(expand_environments(&c, None).unwrap(), ["default"]);
+        assert_eq!(expand_environments(&c, Some("berlin,munich")).unwrap(), ["berlin", "germany", "munich", "bavaria"]);
+        assert_eq!(expand_environments(&c, Some("berlin,germany")).unwrap(), ["berlin", "germany"]);
+        assert_eq!(expand_environments(&c, Some("berlin,hamburg")).unwrap_err(), "hamburg");
+    }
+
+    #[test]
+    fn glob_like_the_shell() {
+        assert!(glob_match("CAkey*", "CAkey1.pem"));
+        assert!(glob_match("CAkey?.der", "CAkey2.der"));
+        assert!(!glob_match("CAkey*", "00-90-33-3e-0c-57-request.p10.der"));
+    }
+}
