@@ -92,7 +92,9 @@ pub fn store(root: &Path, backup: &Backup, hwid: &str, body: &str, now: i64) -> 
     for old in all.into_iter().take(excess) {
         let age = std::fs::metadata(&old.path)
             .and_then(|m| m.modified())
-            .map(|t| now - crate::clock::epoch_of(t))
+            // a file written by a request that got the device's lock before this one may be
+            // newer than this request's clock reading: that is age 0, not negative
+            .map(|t| (now - crate::clock::epoch_of(t)).max(0))
             .unwrap_or(i64::MAX);
         if age >= min_age_secs && std::fs::remove_file(&old.path).is_ok() {
             removed.push(old.path);

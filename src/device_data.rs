@@ -87,10 +87,15 @@ fn open_state(root: &Path, config: &Config, request: &DataRequest, serial: &str,
     Ok(state)
 }
 
-fn save(state: Option<LockedState>, now: i64, logkeep: i64, note: &str) -> Result<(), Answer> {
+/// Saves the state; `note` goes into the device's log (routine uploads log nothing, so a
+/// device that uploads on every poll does not grow its state file).
+fn save(state: Option<LockedState>, now: i64, logkeep: i64, note: Option<&str>) -> Result<(), Answer> {
     let Some(mut locked) = state else { return Ok(()) };
     locked.state.set_attr("seen", now.to_string());
-    state::log(&mut locked.state, now, note);
+    state::mark_request(&mut locked.state, now);
+    if let Some(note) = note {
+        state::log(&mut locked.state, now, note);
+    }
     state::prune_log(&mut locked.state, now, logkeep);
     locked.save().map_err(|e| refuse(500, format!("cannot write device state: {e}")))
 }
@@ -115,15 +120,17 @@ fn backup(root: &Path, config: &Config, request: &DataRequest, serial: &str, bod
         Err(e) => return refuse(500, format!("cannot store backup: {e}")),
     };
     let relative = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
-    let (stamp, note) = match &outcome {
+    let (stamp, note, worth_logging) = match &outcome {
         crate::backup::Outcome::Empty => return answer(200, &["empty backup discarded".into()]),
-        crate::backup::Outcome::Unchanged { newest, time } => (*time, format!("no change (newest {}) {time}", relative(newest))),
+        crate::backup::Outcome::Unchanged { newest, time } => {
+            (*time, format!("no change (newest {}) {time}", relative(newest)), false)
+        }
         crate::backup::Outcome::Stored { path, removed } => {
             let mut note = format!("backup stored as {}", relative(path));
             for old in removed {
                 note.push_str(&format!(", removed {}", relative(old)));
             }
-            (request.now, note)
+            (request.now, note, true)
         }
     };
     if let Some(locked) = state.as_mut() {
@@ -131,7 +138,7 @@ fn backup(root: &Path, config: &Config, request: &DataRequest, serial: &str, bod
         device.set_attr("sn", serial);
         device.set_attr("backup", stamp.to_string());
     }
-    match save(state, request.now, logkeep(config), &note) {
+    match save(state, request.now, logkeep(config), worth_logging.then_some(note.as_str())) {
         Ok(()) => answer(200, &[note]),
         Err(answer) => answer,
     }
@@ -161,7 +168,8 @@ fn query(root: &Path, config: &Config, request: &DataRequest, serial: &str, body
     state::device(&mut locked.state).set_attr("sn", serial);
     crate::queries::store_answer(&mut locked.state, id, parsed, request.now);
     let note = format!("queries {id} for {serial} saved");
-    match save(state, request.now, logkeep(config), &note) {
+    // devices answer their queries on every poll: the answer itself is the record
+    match save(state, request.now, logkeep(config), None) {
         Ok(()) => answer(200, &[note]),
         Err(answer) => answer,
     }
@@ -225,7 +233,7 @@ fn vardump(root: &Path, config: &Config, request: &DataRequest, serial: &str, bo
         let attribute = format!("var-{}", var.to_lowercase().replace('/', "-"));
         state::device(&mut locked.state).set_attr(&attribute, request.now.to_string());
     }
-    match save(state, request.now, logkeep(config), &lines[0]) {
+    match save(state, request.now, logkeep(config), Some(&lines[0])) {
         Ok(()) => answer(200, &lines),
         Err(answer) => answer,
     }

@@ -215,8 +215,25 @@ pub fn mark_request(state: &mut Element, now: i64) {
     }
 }
 
-/// Drops the messages before the last request-start marker that are older than `keep_secs`.
+/// The most log entries a state file keeps, whatever `logkeep` says.
+pub const MAX_LOG_ENTRIES: usize = 200;
+
+/// Drops the messages before the last request-start marker that are older than `keep_secs`,
+/// and the oldest ones beyond [`MAX_LOG_ENTRIES`].
 pub fn prune_log(state: &mut Element, now: i64, keep_secs: i64) {
+    prune_by_age(state, now, keep_secs);
+    let count = state.children.iter().filter(|c| c.name == "msgs").count();
+    let mut excess = count.saturating_sub(MAX_LOG_ENTRIES);
+    state.children.retain(|c| {
+        if excess > 0 && c.name == "msgs" {
+            excess -= 1;
+            return false;
+        }
+        true
+    });
+}
+
+fn prune_by_age(state: &mut Element, now: i64, keep_secs: i64) {
     let Some(last_marker) = state
         .children
         .iter()
@@ -256,6 +273,18 @@ pub fn cleanup_expired(status_dir: &Path, now: i64, expire_secs: i64) {
     let Ok(entries) = fs::read_dir(status_dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
+        // a temporary file left by a process that was killed in the middle of a write
+        let is_stale_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+            && entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .map(crate::clock::epoch_of)
+                .is_some_and(|t| now - t > 3600);
+        if is_stale_temp {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
         let is_state = path.extension().is_some_and(|e| e == "xml")
             && path.file_stem().and_then(|s| s.to_str()).is_some_and(crate::device::is_serial);
         let old = entry
@@ -314,6 +343,17 @@ mod tests {
         locked.save().unwrap();
         assert_ne!(fs::metadata(&path).unwrap().ino(), inode, "other changes write a new file");
         assert_eq!(LockedState::open(&path).unwrap().state.attr("phase"), Some("update"));
+    }
+
+    #[test]
+    fn the_log_has_a_hard_cap() {
+        let mut s = Element::new("state");
+        for i in 0..(MAX_LOG_ENTRIES as i64 + 50) {
+            log(&mut s, 1000 + i, "note");
+        }
+        prune_log(&mut s, 1000, 1_000_000);
+        assert_eq!(s.children.len(), MAX_LOG_ENTRIES);
+        assert_eq!(s.children[0].attr("time"), Some("1050"));
     }
 
     #[test]
