@@ -904,14 +904,96 @@ fn serve(listener: Listener, handler: Arc<dyn Handler>, workers: usize) -> io::R
         gate: Arc::new(pool::Gate::new(workers)),
         allowed_peers: allowed_peers_from_env(),
     });
-    let pool =
-        pool::ConnectionPool::new("fastcgi", workers, MAX_CONNECTIONS.max(workers), move |s| {
-            service.serve(s)
+    acceptors::run(listener, service, workers, MAX_CONNECTIONS.max(workers))
+}
+
+/// Threads that accept connections and serve them themselves.
+///
+/// lighttpd opens a connection per request, so handing each accepted connection to another
+/// thread would cost a wake-up and a context switch per request. Instead every thread accepts
+/// and serves. A kept-alive connection holds its thread while idle, so whenever the last
+/// accepting thread takes a connection it starts another one first (up to the connection
+/// limit), and surplus threads end once more than `warm` are waiting again. The handler's
+/// concurrency stays bounded by the [`pool::Gate`] in the service.
+mod acceptors {
+    use super::{survive_accept_error, Listener, Service};
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Shared {
+        listener: Listener,
+        service: Arc<Service>,
+        /// Threads waiting in accept().
+        accepting: AtomicUsize,
+        /// Threads alive.
+        threads: AtomicUsize,
+        warm: usize,
+        max: usize,
+    }
+
+    pub(super) fn run(listener: Listener, service: Arc<Service>, warm: usize, max: usize) -> io::Result<()> {
+        let shared = Arc::new(Shared {
+            listener,
+            service,
+            accepting: AtomicUsize::new(0),
+            threads: AtomicUsize::new(1),
+            warm: warm.max(1),
+            max: max.max(1),
         });
-    loop {
-        match listener.accept() {
-            Ok(stream) => pool.dispatch(stream),
-            Err(error) => survive_accept_error(&error, "fastcgi")?,
+        for _ in 1..shared.warm {
+            start(&shared);
+        }
+        // the calling thread accepts too; it returns only when the listening socket is unusable
+        accept_loop(&shared, true)
+    }
+
+    fn start(shared: &Arc<Shared>) {
+        if shared.threads.fetch_add(1, Ordering::SeqCst) >= shared.max {
+            shared.threads.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let shared_for_thread = Arc::clone(shared);
+        let started = std::thread::Builder::new()
+            .name("fastcgi-worker".into())
+            .spawn(move || accept_loop(&shared_for_thread, false));
+        if let Err(error) = started {
+            shared.threads.fetch_sub(1, Ordering::SeqCst);
+            super::log("fastcgi", &format!("cannot start a worker thread: {error}"));
+        }
+    }
+
+    fn accept_loop(shared: &Arc<Shared>, main: bool) -> io::Result<()> {
+        loop {
+            shared.accepting.fetch_add(1, Ordering::SeqCst);
+            let accepted = shared.listener.accept();
+            let still_accepting = shared.accepting.fetch_sub(1, Ordering::SeqCst) - 1;
+            match accepted {
+                Ok(stream) => {
+                    if still_accepting == 0 {
+                        // nobody is left to accept while this connection is served
+                        start(shared);
+                    }
+                    let service = &shared.service;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.serve(stream))).is_err() {
+                        super::log("fastcgi", "connection worker panicked; connection dropped");
+                    }
+                }
+                Err(error) => {
+                    if let Err(fatal) = survive_accept_error(&error, "fastcgi") {
+                        if main {
+                            return Err(fatal);
+                        }
+                        shared.threads.fetch_sub(1, Ordering::SeqCst);
+                        return Ok(());
+                    }
+                }
+            }
+            if !main && shared.accepting.load(Ordering::SeqCst) >= shared.warm {
+                // enough threads are waiting for connections; this one was a surplus
+                shared.threads.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
         }
     }
 }
