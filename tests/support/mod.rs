@@ -433,3 +433,220 @@ impl Drop for Lighttpd {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the binary as a CGI program for any method with a request body (`PUT` for the device
+/// data modes), with the environment [`cgi_get`] builds plus `extra_env` (e.g. the `SSL_*`
+/// variables of a web server). The body is written from its own thread, and a server that
+/// answers without reading it (a refused oversized body) is not an error.
+pub fn cgi_request(
+    root: &Path,
+    ctx: &CgiContext,
+    method: &str,
+    script: &str,
+    query: &str,
+    body: &[u8],
+    extra_env: &[(&str, &str)],
+) -> Answer {
+    let script_name = format!("{}/{}", ctx.url_prefix.trim_end_matches('/'), script);
+    let script_filename = root.join(script);
+    let cwd = script_filename.parent().expect("script has a folder").to_path_buf();
+    fs::create_dir_all(&cwd).expect("creating the script folder");
+    let request_uri = if query.is_empty() { script_name.clone() } else { format!("{script_name}?{query}") };
+    let http_host = if ctx.port == 80 || ctx.port == 443 { ctx.host.clone() } else { format!("{}:{}", ctx.host, ctx.port) };
+    let mut command = Command::new(binary());
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("TZ", "UTC")
+        .env("LANG", "C")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REQUEST_METHOD", method)
+        .env("QUERY_STRING", query)
+        .env("REQUEST_URI", request_uri)
+        .env("SCRIPT_NAME", &script_name)
+        .env("SCRIPT_FILENAME", &script_filename)
+        .env("DOCUMENT_ROOT", root)
+        .env("HTTP_HOST", http_host)
+        .env("SERVER_NAME", &ctx.host)
+        .env("SERVER_PORT", ctx.port.to_string())
+        .env("SERVER_ADDR", "127.0.0.1")
+        .env("REMOTE_ADDR", &ctx.remote_addr)
+        .env("REMOTE_PORT", "49152")
+        .env("SERVER_SOFTWARE", &ctx.server_software)
+        .env("REDIRECT_STATUS", "200")
+        .env("HTTP_USER_AGENT", "innovaphone-update/1.0")
+        .env("REQUEST_SCHEME", "http")
+        .current_dir(&cwd);
+    if !body.is_empty() || method != "GET" {
+        command.env("CONTENT_LENGTH", body.len().to_string()).env("CONTENT_TYPE", "application/octet-stream");
+    }
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let output = run_with_input(command, body, Duration::from_secs(60));
+    assert!(
+        output.status.success(),
+        "CGI {method} of {script}?{query} exited with {}; stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (headers, body) = split_head(&output.stdout);
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == "status")
+        .and_then(|(_, v)| v.get(..3).and_then(|code| code.parse().ok()))
+        .unwrap_or(if headers.iter().any(|(k, _)| k == "location") { 302 } else { 200 });
+    Answer { status, headers, body }
+}
+
+/// Runs `command` with `input` on its standard input (written by a helper thread; a child
+/// that exits without reading it all is fine), killing it after `limit`.
+pub fn run_with_input(mut command: Command, input: &[u8], limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // a broken pipe means the child answered without reading the body
+        let _ = stdin.write_all(&input);
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = waiter.join();
+        let _ = writer.join();
+        panic!("{:?} did not finish within {limit:?}", command.get_program());
+    }
+    let _ = writer.join();
+    waiter.join().expect("waiter thread").expect("waiting for the child")
+}
+
+/// Every file under `root` (relative path → content), for before/after comparisons.
+pub fn snapshot_files(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, root: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let content = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+                out.insert(path.strip_prefix(root).expect("under the root").to_path_buf(), content);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// What changed between two [`snapshot_files`]: created, changed and removed paths.
+pub fn snapshot_diff(
+    before: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    after: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+) -> Vec<String> {
+    let mut diff = Vec::new();
+    for (path, content) in after {
+        match before.get(path) {
+            None => diff.push(format!("created {}", path.display())),
+            Some(old) if old != content => diff.push(format!("changed {}", path.display())),
+            Some(_) => {}
+        }
+    }
+    for path in before.keys().filter(|p| !after.contains_key(*p)) {
+        diff.push(format!("removed {}", path.display()));
+    }
+    diff
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin page (tests/admin_*.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// The admin password of the admin fixture.
+pub const ADMIN_PASSWORD: &str = "Test-Passw0rd";
+
+/// All values of a header (e.g. several `Set-Cookie`).
+pub fn header_values<'a>(answer: &'a Answer, name: &str) -> Vec<&'a str> {
+    answer.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+}
+
+/// Writes a state file as the old server shaped them.
+pub fn write_state(root: &Path, sn: &str, xml: &str) {
+    let path = root.join("status").join(format!("{sn}.xml"));
+    fs::create_dir_all(path.parent().expect("status folder")).expect("creating status/");
+    fs::write(&path, xml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// The user file of the admin fixture with `password` (and `user`) as the credentials.
+pub fn admin_user_config(user: &str, password: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<config>
+  <master info="" user="{user}" password="{password}"/>
+  <status dir="status" missing="3600" refresh="0"/>
+  <backup dir="backup"/>
+  <customcerts dir="certs"/>
+  <queries>
+    <query id="admin" title="Admin"><cmd>mod cmd CMD0 xml-info</cmd><applies>*</applies></query>
+    <query id="registration" title="Registration">
+      <cmd>mod cmd PHONE/USER phone-regs /cmd phone-regs</cmd>
+      <applies>phone</applies>
+      <show title="State: User/Number">concat(/state/queries/registration/info/reg[@id = "0"]/@state, ': ', /state/queries/registration/info/reg[@id = "0"]/@h323, '/', /state/queries/registration/info/reg[@id = "0"]/@e164)</show>
+      <show title="Broken">concat(</show>
+    </query>
+  </queries>
+</config>
+"#
+    )
+}
+
+/// Serials of the admin fixture's devices, in the order the status page lists them.
+pub const FIXTURE_SERIALS: [&str; 4] = ["00-90-33-00-00-01", "00-90-33-11-22-33", "00-90-33-3e-0c-57", "00-90-33-aa-bb-cc"];
+
+/// A status page worth looking at: four devices (one missing, one with a `<script>` name, CSR
+/// files, backups, log messages, query answers), a snippet, and `password` as admin password.
+pub fn write_admin_fixture(root: &Path, password: &str) {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs();
+    write_old_file(root, "config/user-config.xml", &admin_user_config("admin", password));
+    write_old_file(root, "scripts/update-all-default.txt", "# snippet all-default\nconfig add CMD0 /location all-default\n");
+    let state = |sn: &str, seen: u64, ip: &str, device_type: &str, classes: &str, name: &str, extra: &str| {
+        let hwid = format!("{device_type}-{}", &sn[9..]);
+        let name = name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<state seen="{seen}" phase="update">
+  <device sn="{sn}" type="{device_type}" classes="{classes}" ip="{ip}" rp="false" phase="update" environments="default" hwid="{hwid}" realip="{ip}" backup="{seen}" certstat="OK"/>
+  <firmware build="13r3" requested="13r3"/>
+  <bootcode build="13r3"/>
+  <config filename="scripts/update-all-default.txt" delivered="{seen}" version="{OLD_MTIME}"/>
+  <msgs time="{seen}" msg=""/>
+  <msgs time="{seen}" msg="delivered scripts/update-all-default.txt &lt;b&gt;bold&lt;/b&gt;"/>
+  <queries><admin seen="{seen}"><info name="{name}"/></admin>{extra}</queries>
+</state>
+"#
+        )
+    };
+    write_state(root, "00-90-33-00-00-01", &state("00-90-33-00-00-01", now - 30, "172.16.5.9", "IP112", "phone, opus_phone, phone_newui, ip112", "Alice phone",
+        &format!(r#"<registration seen="{}"><info><reg id="0" state="up" h323="alice" e164="101"/></info></registration>"#, now - 30)));
+    write_state(root, "00-90-33-11-22-33", &state("00-90-33-11-22-33", now - 2 * 86400, "172.16.4.33", "IP222", "phone, pre_opus_phone, phone_newui, ip222", "Lobby", ""));
+    write_state(root, "00-90-33-3e-0c-57", &state("00-90-33-3e-0c-57", now - 60, "172.16.4.57", "IP232", "phone, pre_opus_phone, phone_newui, ip232", "<script>alert(1)</script>", ""));
+    write_state(root, "00-90-33-aa-bb-cc", &state("00-90-33-aa-bb-cc", now - 120, "10.1.2.3", "IP1202", "gw, ip1202", "Gateway Berlin", ""));
+    write_old_file(root, "backup/IP232-3e-0c-57/IP232-3e-0c-57.0.txt", "config change CMD0 /name old\r\n");
+    write_old_file(root, "backup/IP232-3e-0c-57/IP232-3e-0c-57.1.txt", "config change CMD0 /name new\r\n");
+    write_old_file(root, "certs/00-90-33-3e-0c-57-request.p10.pem", "-----BEGIN CERTIFICATE REQUEST-----\r\nMIIB\r\n-----END CERTIFICATE REQUEST-----\r\n");
+    write_old_file(root, "certs/00-90-33-3e-0c-57-request.p10.der", "0");
+}
