@@ -428,3 +428,28 @@ fn a_stale_socket_file_is_replaced_but_a_regular_file_is_not() {
     assert!(error.to_string().contains("not a socket"), "{error}");
     assert_eq!(std::fs::read_to_string(&regular).unwrap(), "<config/>");
 }
+
+#[test]
+fn idle_kept_alive_connections_do_not_starve_new_ones() {
+    // one warm worker, and more idle keep-alive connections than workers
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fcgi.sock");
+    let address = format!("unix:{}", socket.display());
+    let handler = Arc::new(echo(Arc::new(AtomicUsize::new(0))));
+    std::thread::spawn(move || fastcgi::serve_listen(&address, handler, 1));
+    connect_when_up(|| UnixStream::connect(&socket));
+    let mut idle = Vec::new();
+    for n in 0..3 {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(ask_query(&mut stream, true, &format!("kept={n}")).contains(&format!("QUERY_STRING=kept={n}")));
+        idle.push(stream); // stays open, idle, holding whatever thread served it
+    }
+    let mut fresh = UnixStream::connect(&socket).unwrap();
+    fresh.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(ask_query(&mut fresh, false, "fresh").contains("QUERY_STRING=fresh"), "a new connection is served");
+    // and the kept connections still work
+    for (n, stream) in idle.iter_mut().enumerate() {
+        assert!(ask_query(stream, true, &format!("again={n}")).contains(&format!("QUERY_STRING=again={n}")));
+    }
+}
