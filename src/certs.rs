@@ -199,14 +199,11 @@ pub fn plan(
         .and_then(|i| i.child("requests"))
         .is_some_and(|r| r.child("request").is_some());
     let Some(customcerts) = customcerts else {
-        plan.status = Some("either certificate handling or state tracking not enabled - not doing any certificate checking".into());
-        plan.note(plan.status.clone().unwrap_or_default());
-        if device_has_request {
-            remove_device_request(&mut plan);
-        } else {
-            plan.proceeds = true;
-            plan.request_downloaded = Some("false");
-        }
+        nothing_to_replace(
+            &mut plan,
+            "either certificate handling or state tracking not enabled - not doing any certificate checking",
+            device_has_request,
+        );
         return plan;
     };
     let Some(info) = info else {
@@ -262,15 +259,7 @@ pub fn plan(
         }
     }
     let Some(problem) = problem else {
-        plan.status = Some("OK".into());
-        plan.note("OK");
-        if device_has_request {
-            // a request left on the device after its certificate was installed
-            remove_device_request(&mut plan);
-        } else {
-            plan.proceeds = true;
-            plan.request_downloaded = Some("false");
-        }
+        nothing_to_replace(&mut plan, "OK", device_has_request);
         return plan;
     };
     plan.status = Some(problem.clone());
@@ -309,6 +298,20 @@ pub fn plan(
         plan.skip_next = true;
     }
     plan
+}
+
+/// No certificate to replace: the poll goes on, unless the device still holds a request (left
+/// after its certificate was installed, or from before handling was switched off), which is
+/// removed first.
+fn nothing_to_replace(plan: &mut CertificatePlan, status: &str, device_has_request: bool) {
+    plan.status = Some(status.to_string());
+    plan.note(status);
+    if device_has_request {
+        remove_device_request(plan);
+    } else {
+        plan.proceeds = true;
+        plan.request_downloaded = Some("false");
+    }
 }
 
 /// A request the device still holds although none is needed: remove it there and here.

@@ -207,52 +207,7 @@ impl Default for CgiContext {
 /// Runs the binary as a CGI program for a GET of `script` (relative to the install directory),
 /// with the environment the conformance harness builds (nothing inherited but `PATH`).
 pub fn cgi_get(root: &Path, ctx: &CgiContext, script: &str, query: &str) -> Answer {
-    let script_name = format!("{}/{}", ctx.url_prefix.trim_end_matches('/'), script);
-    let script_filename = root.join(script);
-    let cwd = script_filename.parent().expect("script has a folder").to_path_buf();
-    fs::create_dir_all(&cwd).expect("creating the script folder");
-    let request_uri = if query.is_empty() { script_name.clone() } else { format!("{script_name}?{query}") };
-    let http_host = if ctx.port == 80 || ctx.port == 443 { ctx.host.clone() } else { format!("{}:{}", ctx.host, ctx.port) };
-    let mut command = Command::new(binary());
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
-        .env("TZ", "UTC")
-        .env("LANG", "C")
-        .env("GATEWAY_INTERFACE", "CGI/1.1")
-        .env("SERVER_PROTOCOL", "HTTP/1.1")
-        .env("REQUEST_METHOD", "GET")
-        .env("QUERY_STRING", query)
-        .env("REQUEST_URI", request_uri)
-        .env("SCRIPT_NAME", &script_name)
-        .env("SCRIPT_FILENAME", &script_filename)
-        .env("DOCUMENT_ROOT", root)
-        .env("HTTP_HOST", http_host)
-        .env("SERVER_NAME", &ctx.host)
-        .env("SERVER_PORT", ctx.port.to_string())
-        .env("SERVER_ADDR", "127.0.0.1")
-        .env("REMOTE_ADDR", &ctx.remote_addr)
-        .env("REMOTE_PORT", "49152")
-        .env("SERVER_SOFTWARE", &ctx.server_software)
-        .env("REDIRECT_STATUS", "200")
-        .env("HTTP_USER_AGENT", "innovaphone-update/1.0")
-        .env("REQUEST_SCHEME", "http")
-        .current_dir(&cwd)
-        .stdin(Stdio::null());
-    let output = run_with_timeout(command, Duration::from_secs(30));
-    assert!(
-        output.status.success(),
-        "CGI run of {script}?{query} exited with {}; stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (headers, body) = split_head(&output.stdout);
-    let status = headers
-        .iter()
-        .find(|(k, _)| k == "status")
-        .and_then(|(_, v)| v.get(..3).and_then(|code| code.parse().ok()))
-        .unwrap_or(if headers.iter().any(|(k, _)| k == "location") { 302 } else { 200 });
-    Answer { status, headers, body }
+    cgi_request(root, ctx, "GET", script, query, b"", &[])
 }
 
 /// Runs `command` to completion, killing it after `limit`.
