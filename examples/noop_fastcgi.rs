@@ -30,10 +30,10 @@ fn filler_body(size: usize) -> Vec<u8> {
     let rest = size - body.len();
     if rest >= 3 {
         body.extend_from_slice(b"#");
-        body.extend(std::iter::repeat(b' ').take(rest - 3));
+        body.extend(std::iter::repeat_n(b' ', rest - 3));
         body.extend_from_slice(b"\r\n");
     } else {
-        body.extend(std::iter::repeat(b'\n').take(rest));
+        body.extend(std::iter::repeat_n(b'\n', rest));
     }
     body
 }

@@ -513,7 +513,7 @@ pub fn variable_value<'a>(body: &'a str, var: &str) -> Option<&'a str> {
 /// Hex digits as bytes; None when the text is not hex.
 pub fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()

@@ -62,7 +62,7 @@ impl FileCache {
         let present = self.names_in(dir);
         names
             .iter()
-            .filter(|name| present.as_ref().map_or(true, |p| p.contains(name.as_str())))
+            .filter(|name| present.as_ref().is_none_or(|p| p.contains(name.as_str())))
             .filter_map(|name| self.read(&dir.join(name)).map(|snippet| (name.clone(), snippet)))
             .collect()
     }

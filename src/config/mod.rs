@@ -314,7 +314,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
     // forcetrust checks the client certificate's issuer against customcerts/@CAname, which is
     // only in force with certificate handling on: refuse the combination up front rather than
     // deliver nothing to every device later
-    if times.forcetrust && customcerts.as_ref().map_or(true, |c| crate::certs::ca_names(c).is_empty()) {
+    if times.forcetrust && customcerts.as_ref().is_none_or(|c| crate::certs::ca_names(c).is_empty()) {
         return Err(ConfigError::Invalid(
             "customcerts/@CAname must be defined: times/@forcetrust needs certificate handling (customcerts/@dir)".into(),
         ));

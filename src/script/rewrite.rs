@@ -98,22 +98,25 @@ impl Substitution {
         let mut fields: Vec<String> = vec![String::new()];
         let mut escaped = false;
         for c in rest.chars() {
+            let field = fields.len() - 1;
             if escaped {
+                // an escaped delimiter is the delimiter itself; other escapes stay for the regex
                 if c != delimiter {
-                    fields.last_mut().map(|f| f.push('\\'));
+                    fields[field].push('\\');
                 }
-                fields.last_mut().map(|f| f.push(c));
+                fields[field].push(c);
                 escaped = false;
             } else if c == '\\' {
                 escaped = true;
             } else if c == delimiter && fields.len() < 3 {
                 fields.push(String::new());
             } else {
-                fields.last_mut().map(|f| f.push(c));
+                fields[field].push(c);
             }
         }
         if escaped {
-            fields.last_mut().map(|f| f.push('\\'));
+            let field = fields.len() - 1;
+            fields[field].push('\\');
         }
         if fields.len() < 3 {
             return Err(format!("'{spec}' is not of the form <d>pattern<d>replacement<d>flags"));
