@@ -59,9 +59,7 @@ impl App {
                 return device_text(200, "# for user interface functions, call admin/admin.php instead\r\n")
             }
             "backup" | "query" | "vardump" => return self.device_data(mode, request, root, &args),
-            "upload" => {
-                return device_text(501, "# mode=upload is part of the admin page, not available in this build yet - exit\r\n")
-            }
+            "upload" => return crate::admin::upload(request, root, self.configs.get(root)),
             other => {
                 let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
                 return device_text(400, format!("# unknown cmd={shown} - exit\r\n"));
@@ -119,7 +117,7 @@ impl Handler for App {
         match route {
             Route::Update => self.update(&request, &root),
             Route::Migrate => self.migrate(&request, &root),
-            Route::Admin => device_text(501, "# the admin page is not available in this build yet\r\n"),
+            Route::Admin => crate::admin::handle(&request, &root, self.configs.get(&root)),
             Route::Unknown => device_text(404, "# not found\r\n"),
         }
     }

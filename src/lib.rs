@@ -1,5 +1,6 @@
 //! update-server: a drop-in replacement for the innovaphone PHP based Update Server V2.
 
+pub mod admin;
 pub mod app;
 pub mod backup;
 pub mod certs;

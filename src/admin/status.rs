@@ -1,0 +1,640 @@
+//! The device status page (`mode=status`, SPEC §9): one row per state file. Every state file is
+//! read once; the backup and certificate folders are listed once for all devices (never
+//! searched per device); the files are parsed on all cores. A row's details (log messages and
+//! backup files) are rendered only on request (`updatestatus&detail=1`), which keeps the page
+//! of 10,000 devices small.
+
+use super::filter::Filter;
+use super::xpath::{self, StateDocument};
+use crate::config::Config;
+use super::tree::{self, Node};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// A point in time as the page shows it: `5 mins`, with the date in the tooltip.
+#[derive(Debug, Clone, Default)]
+pub struct Since {
+    pub text: String,
+    pub title: String,
+}
+
+impl Since {
+    pub fn of(time: i64, now: i64) -> Since {
+        if time <= 0 {
+            return Since { text: "∞".into(), title: "never".into() };
+        }
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(time as u64);
+        Since { text: since(time, now), title: crate::http::serve::http_date(when) }
+    }
+
+    /// Without the date (for the many times a row shows in passing).
+    pub fn short(time: i64, now: i64) -> Since {
+        Since { text: if time <= 0 { "∞".into() } else { since(time, now) }, title: String::new() }
+    }
+}
+
+/// The old page's relative time: `12 secs`, `1.5 mins`, `3 hours`, `2.5 days`, `14 weeks`.
+pub fn since(time: i64, now: i64) -> String {
+    let d = now - time;
+    let (value, unit) = if d < 120 {
+        (d as f64, "sec")
+    } else if d < 120 * 60 {
+        (d as f64 / 60.0, "min")
+    } else if d < 48 * 3600 {
+        (d as f64 / 3600.0, "hour")
+    } else if d < 90 * 86400 {
+        (d as f64 / 86400.0, "day")
+    } else {
+        (d as f64 / (7.0 * 86400.0), "week")
+    };
+    let rounded = (value * 10.0).round() / 10.0;
+    let number = if rounded == rounded.trunc() { format!("{}", rounded as i64) } else { format!("{rounded:.1}") };
+    if rounded == 1.0 {
+        format!("{number} {unit}")
+    } else {
+        format!("{number} {unit}s")
+    }
+}
+
+/// One log line of a device.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// A request start (the old page drew a ruler with the time).
+    pub ruler: bool,
+    pub text: String,
+    pub since: Since,
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub label: String,
+    pub href: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupCell {
+    pub last: Option<Since>,
+    /// Whether the device has a backup folder (its files are listed in the details).
+    pub has_files: bool,
+    /// Newest first; filled in the details only.
+    pub files: Vec<Link>,
+}
+
+/// A certificate file of a device (`certs/<sn>-…`).
+#[derive(Debug, Clone)]
+pub struct CertFile {
+    pub link: Link,
+    /// Path relative to the root, as `delfile` takes it.
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertCell {
+    pub status: String,
+    pub request_error: bool,
+    pub files: Vec<CertFile>,
+    pub note: String,
+    /// The signed certificate can be uploaded (a CSR is here, no certificate yet).
+    pub upload: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snippet {
+    pub link: Link,
+    pub delivered: Since,
+    pub version: Since,
+}
+
+#[derive(Debug, Clone)]
+pub struct InfoValue {
+    pub text: String,
+    pub error: bool,
+}
+
+/// The `show` columns of one query for one device.
+#[derive(Debug, Clone)]
+pub struct InfoBlock {
+    pub title: String,
+    pub seen: Since,
+    pub headers: Vec<String>,
+    pub values: Vec<InfoValue>,
+}
+
+/// Everything one row shows, every text still unescaped (the template escapes).
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub sn: String,
+    pub broken: Option<String>,
+    pub missing: bool,
+    /// The facts the filter looks at, lower-cased, joined by spaces.
+    pub facts: String,
+    pub device_link: Option<String>,
+    pub address: String,
+    pub via: String,
+    pub device_type: String,
+    pub name: String,
+    pub has_msgs: bool,
+    pub detail: bool,
+    pub msgs: Vec<Msg>,
+    pub seen: Since,
+    pub backup: Option<BackupCell>,
+    pub firmware: String,
+    pub firmware_requested: String,
+    pub bootcode: String,
+    pub certs: Option<CertCell>,
+    pub phase: String,
+    pub classes: String,
+    pub environments: String,
+    pub snippets: Vec<Snippet>,
+    pub info: Option<Vec<InfoBlock>>,
+}
+
+/// What the page needs to know besides the rows.
+#[derive(Debug, Clone, Default)]
+pub struct Columns {
+    pub backup: bool,
+    pub certs: bool,
+    pub info: bool,
+}
+
+pub fn columns(config: &Config) -> Columns {
+    Columns {
+        backup: config.backup.is_some(),
+        certs: config.customcerts.is_some(),
+        info: !xpath::columns(&config.tree).is_empty(),
+    }
+}
+
+/// The download link of a file below the root.
+pub fn deliver_href(path: &str) -> String {
+    format!("admin.php?mode=ui&cmd=deliverfile&fn={}", crate::urlenc::rawurlencode(path))
+}
+
+/// The facts about the folders that rows need, gathered once per page.
+#[derive(Debug, Default)]
+pub struct Folders {
+    /// Names of the device folders in the backup folder.
+    pub backup_dirs: HashSet<String>,
+    /// File names in the certificate folder, by the serial they start with.
+    pub cert_files: HashMap<String, Vec<String>>,
+}
+
+impl Folders {
+    /// Lists the backup and certificate folders once. With `only`, just that device's entries.
+    pub fn read(root: &Path, config: &Config, only: Option<&str>) -> Folders {
+        let mut folders = Folders::default();
+        if let Some(backup) = &config.backup {
+            for name in list(&root.join(&backup.dir)) {
+                folders.backup_dirs.insert(name);
+            }
+        }
+        if let Some(dir) = cert_dir(config) {
+            for name in list(&root.join(dir)) {
+                let Some(serial) = serial_prefix(&name) else { continue };
+                if only.is_some_and(|sn| sn != serial) {
+                    continue;
+                }
+                folders.cert_files.entry(serial.to_string()).or_default().push(name);
+            }
+        }
+        for names in folders.cert_files.values_mut() {
+            names.sort();
+        }
+        folders
+    }
+}
+
+/// The certificate folder (`customcerts/@dir`) when certificate handling is on.
+pub fn cert_dir(config: &Config) -> Option<String> {
+    config
+        .customcerts
+        .as_ref()
+        .and_then(|c| c.attr("dir"))
+        .map(|d| d.trim().trim_end_matches('/').to_string())
+        .filter(|d| !d.is_empty())
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect())
+        .unwrap_or_default()
+}
+
+/// `00-90-33-3e-0c-57-request.p10.der` → `00-90-33-3e-0c-57`.
+fn serial_prefix(name: &str) -> Option<&str> {
+    [17, 12].into_iter().find_map(|n| {
+        let prefix = name.get(..n)?;
+        (crate::device::is_serial(prefix) && name[n..].starts_with('-')).then_some(prefix)
+    })
+}
+
+/// The state files of the status folder, sorted by serial.
+pub fn state_files(status_dir: &Path) -> Vec<String> {
+    let mut serials: Vec<String> = list(status_dir)
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".xml").filter(|s| crate::device::is_serial(s)).map(String::from))
+        .collect();
+    serials.sort();
+    serials
+}
+
+/// What a row is built from besides the state.
+pub struct RowContext<'a> {
+    pub root: &'a Path,
+    pub config: &'a Config,
+    pub folders: &'a Folders,
+    pub now: i64,
+    pub detail: bool,
+}
+
+/// How many devices the status page shows at once; more are paged (a browser takes seconds
+/// to lay out a table of thousands of rows).
+pub const PAGE_SIZE: usize = 500;
+
+/// The devices matching a filter, in serial order, out of how many there are.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub total: usize,
+    pub matched: Vec<String>,
+}
+
+/// Runs `work` over `items` on all cores in small chunks handed out in turn (no core idles
+/// while another still has a long share); the results in the items' order.
+fn parallel<T: Sync, R: Send>(items: &[T], work: &(dyn Fn(&[T]) -> R + Sync)) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let chunks: Vec<&[T]> = items.chunks(128).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(chunks.len()))
+            .map(|_| {
+                let (chunks, next) = (&chunks, &next);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(index) else { break };
+                        done.push((index, work(chunk)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        // a panicking worker takes the whole page down with it rather than silently
+        // dropping devices from the list
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Phase one of the page: every state file read and parsed once (on all cores), only for the
+/// facts the filter looks at.
+pub fn matching(root: &Path, config: &Config, filter: &Filter, now: i64) -> Listing {
+    let Some(status) = &config.status else { return Listing::default() };
+    let dir = root.join(&status.dir);
+    let serials = state_files(&dir);
+    if filter.is_empty() {
+        return Listing { total: serials.len(), matched: serials };
+    }
+    let missing_after = status.missing;
+    let parts = parallel(&serials, &|chunk: &[String]| {
+        let mut buffer = Vec::new();
+        chunk
+            .iter()
+            .filter(|sn| {
+                let facts = match read_state(&dir.join(format!("{sn}.xml")), &mut buffer) {
+                    Ok(doc) => facts_of(Node::of(doc.root_element()), sn, now, missing_after),
+                    Err(_) => format!("{sn} broken"),
+                };
+                filter.matches(&facts)
+            })
+            .cloned()
+            .collect::<Vec<String>>()
+    });
+    Listing { total: serials.len(), matched: parts.into_iter().flatten().collect() }
+}
+
+/// Phase two: the rows of `serials` (a page), built and rendered with `render` on all cores,
+/// joined in order.
+pub fn rendered_rows(root: &Path, config: &Config, serials: &[String], now: i64, render: &(dyn Fn(&Row) -> String + Sync)) -> String {
+    let Some(status) = &config.status else { return String::new() };
+    let dir = root.join(&status.dir);
+    let folders = Folders::read(root, config, None);
+    let context = RowContext { root, config, folders: &folders, now, detail: false };
+    let parts = parallel(serials, &|chunk: &[String]| {
+        // compiled per chunk: sxd's expressions cannot be shared between threads
+        let shows = xpath::Shows::new(&context.config.tree);
+        let mut buffer = Vec::new();
+        let mut html = String::with_capacity(chunk.len() * 2048);
+        for sn in chunk {
+            html.push_str(&render(&row_of_file(&dir.join(format!("{sn}.xml")), sn, &context, &shows, &mut buffer)));
+        }
+        html
+    });
+    parts.concat()
+}
+
+/// The row of one device (for `updatestatus`); None when it has no state file.
+pub fn single_row(root: &Path, config: &Config, sn: &str, now: i64, detail: bool) -> Option<Row> {
+    let status = config.status.as_ref()?;
+    let path = root.join(&status.dir).join(format!("{sn}.xml"));
+    if !path.is_file() {
+        return None;
+    }
+    let folders = Folders::read(root, config, Some(sn));
+    let context = RowContext { root, config, folders: &folders, now, detail };
+    Some(row_of_file(&path, sn, &context, &xpath::Shows::new(&config.tree), &mut Vec::new()))
+}
+
+/// Reads (into `buffer`, reused from file to file) and parses a state file.
+fn read_state<'b>(path: &Path, buffer: &'b mut Vec<u8>) -> Result<roxmltree::Document<'b>, String> {
+    use std::io::Read;
+    buffer.clear();
+    std::fs::File::open(path).and_then(|mut file| file.read_to_end(buffer)).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(buffer).map_err(|e| e.to_string())?;
+    let doc = tree::parse(text)?;
+    if doc.root_element().has_tag_name("state") {
+        Ok(doc)
+    } else {
+        Err("not a device state".into())
+    }
+}
+
+/// The words the filter matches a device against (SPEC §9): ip, serial, type, name, phase,
+/// classes, environments, `present`/`missing`, firmware and boot code; lower-cased.
+pub fn facts_of(state: Node, sn: &str, now: i64, missing_after: i64) -> String {
+    let device = state.child("device").unwrap_or_default();
+    let seen = state.attr("seen").and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
+    let missing = missing_after > 0 && seen < now - missing_after;
+    let name = state.child("queries").and_then(|q| q.child("admin")).and_then(|a| a.child("info")).and_then(|i| i.attr("name"));
+    let build = |element: &str| state.child(element).and_then(|e| e.attr("build"));
+    [
+        device.attr("ip"),
+        device.attr("realip"),
+        Some(sn),
+        device.attr("type"),
+        name,
+        device.attr("phase"),
+        device.attr("classes"),
+        device.attr("environments"),
+        Some(if missing { "missing" } else { "present" }),
+        build("firmware"),
+        build("bootcode"),
+    ]
+    .map(|word| word.unwrap_or(""))
+    .join(" ")
+    .to_lowercase()
+}
+
+/// Builds the row of a state file (read into `buffer`).
+fn row_of_file(path: &Path, sn: &str, context: &RowContext, shows: &xpath::Shows, buffer: &mut Vec<u8>) -> Row {
+    match read_state(path, buffer) {
+        Ok(doc) => row_of_state(Node::of(doc.root_element()), sn, context, shows),
+        Err(error) => {
+            let seen = std::fs::metadata(path).and_then(|m| m.modified()).map(crate::clock::epoch_of).unwrap_or(0);
+            Row {
+                sn: sn.to_string(),
+                broken: Some(format!("cannot read state: {error}")),
+                facts: format!("{sn} broken"),
+                seen: Since::of(seen, context.now),
+                ..Row::default()
+            }
+        }
+    }
+}
+
+/// Builds a row from a parsed state.
+pub fn row_of_state(state: Node, sn: &str, context: &RowContext, shows: &xpath::Shows) -> Row {
+    let config = context.config;
+    let now = context.now;
+    let device = state.child("device").unwrap_or_default();
+    let attr = |e: Node, name: &str| e.attr(name).unwrap_or("").to_string();
+    let seen = state.attr("seen").and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
+    let missing_after = config.status.as_ref().map_or(0, |s| s.missing);
+    let missing = missing_after > 0 && seen < now - missing_after;
+    let ip = attr(device, "ip");
+    let realip = attr(device, "realip");
+    let proxy = attr(device, "proxy");
+    let reverse_proxied = device.attr("rp") == Some("true");
+    let address = if realip.is_empty() { ip.clone() } else { realip.clone() };
+    let via = if (!realip.is_empty() && realip != ip) || reverse_proxied {
+        if proxy.is_empty() { format!("(via {ip})") } else { format!("(via {proxy} and {ip})") }
+    } else {
+        String::new()
+    };
+    let https_links = config.status.as_ref().is_none_or(|s| s.usehttpsdevlinks);
+    let device_link = plain_address(&address).map(|a| format!("{}://{a}/", if https_links { "https" } else { "http" }));
+    let queries = state.child("queries");
+    let name = queries
+        .and_then(|q| q.child("admin"))
+        .and_then(|a| a.child("info"))
+        .and_then(|i| i.attr("name"))
+        .unwrap_or("")
+        .to_string();
+    let firmware = state.child("firmware").map(|f| attr(f, "build")).unwrap_or_default();
+    let firmware_requested = state
+        .child("firmware")
+        .map(|f| attr(f, "requested"))
+        .filter(|r| !r.is_empty() && *r != firmware)
+        .unwrap_or_default();
+    let bootcode = state.child("bootcode").map(|f| attr(f, "build")).unwrap_or_default();
+    let phase = attr(device, "phase");
+    let classes = attr(device, "classes");
+    let environments = attr(device, "environments");
+    let device_type = attr(device, "type");
+    let facts = facts_of(state, sn, now, missing_after);
+    let msgs: Vec<Node> = state.children_named("msgs").collect();
+    let msgs_shown = if context.detail {
+        msgs.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let text = attr(*m, "msg");
+                let time = m.attr("time").and_then(|t| t.parse().ok()).unwrap_or(0);
+                Msg { ruler: i == 0 || text.is_empty(), text, since: Since::of(time, now) }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let hwid = attr(device, "hwid");
+    let backup = config.backup.as_ref().map(|b| {
+        let has_files = crate::device::is_plain_token(&hwid) && context.folders.backup_dirs.contains(&hwid);
+        let last = device.attr("backup").and_then(|t| t.parse::<i64>().ok()).map(|t| Since::of(t, now));
+        let files = if context.detail && has_files { backup_files(context.root, &b.dir, &hwid, now) } else { Vec::new() };
+        BackupCell { last, has_files, files }
+    });
+    let certs = cert_dir(config).map(|dir| {
+        let names = context.folders.cert_files.get(sn).map(Vec::as_slice).unwrap_or(&[]);
+        cert_cell(state, device, sn, &dir, names)
+    });
+    let snippets = state
+        .children_named("config")
+        .map(|c| {
+            let file = attr(c, "filename");
+            let time = |name: &str| c.attr(name).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+            Snippet {
+                link: Link { href: deliver_href(&file), title: format!("download {file}"), label: file },
+                delivered: Since::short(time("delivered"), now),
+                version: Since::short(time("version"), now),
+            }
+        })
+        .collect();
+    let info = (!shows.queries.is_empty()).then(|| info_blocks(state, shows, now));
+    Row {
+        sn: sn.to_string(),
+        broken: None,
+        missing,
+        facts,
+        device_link,
+        address,
+        via,
+        device_type,
+        name,
+        has_msgs: !msgs.is_empty(),
+        detail: context.detail,
+        msgs: msgs_shown,
+        seen: Since::of(seen, now),
+        backup,
+        firmware,
+        firmware_requested,
+        bootcode,
+        certs,
+        phase,
+        classes,
+        environments,
+        snippets,
+        info,
+    }
+}
+
+/// An address we are willing to put into a link: an IPv4/IPv6 address or a host name.
+fn plain_address(address: &str) -> Option<String> {
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return Some(match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        });
+    }
+    let host_like = !address.is_empty()
+        && address.len() <= 253
+        && address.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    host_like.then(|| address.to_string())
+}
+
+fn backup_files(root: &Path, dir: &str, hwid: &str, now: i64) -> Vec<Link> {
+    let mut files = crate::backup::stored(&root.join(dir).join(hwid), hwid);
+    files.reverse();
+    files
+        .into_iter()
+        .map(|stored| {
+            let name = format!("{hwid}.{}.txt", stored.index);
+            let path = format!("{dir}/{hwid}/{name}");
+            let time = std::fs::metadata(&stored.path).and_then(|m| m.modified()).map(crate::clock::epoch_of).unwrap_or(0);
+            let since = Since::of(time, now);
+            Link { label: format!("#{} · {}", stored.index, since.text), href: deliver_href(&path), title: format!("{path}, {}", since.title) }
+        })
+        .collect()
+}
+
+fn cert_cell(state: Node, device: Node, sn: &str, dir: &str, names: &[String]) -> CertCell {
+    let mut files = Vec::new();
+    let (mut csr, mut signed) = (false, false);
+    for name in names {
+        let Some(suffix) = name.strip_prefix(sn) else { continue };
+        let (label, title) = match suffix {
+            "-request.p10.der" => {
+                csr = true;
+                ("CSR (DER)", "certificate signing request, DER")
+            }
+            "-request.p10.pem" => {
+                csr = true;
+                ("CSR (PEM)", "certificate signing request, PEM")
+            }
+            "-signedrequest.cer" => {
+                signed = true;
+                ("Certificate", "the signed certificate, waiting for the device")
+            }
+            "-requesterror" => ("Request error", "the error the device reported for the last upload"),
+            _ => continue,
+        };
+        let path = format!("{dir}/{name}");
+        files.push(CertFile { link: Link { label: label.into(), href: deliver_href(&path), title: title.into() }, path });
+    }
+    let note = match (csr, signed) {
+        (true, true) => "signed CSR waiting for device upload",
+        (true, false) => "CSR waiting for signature",
+        _ => "",
+    };
+    let request_error = state
+        .child("queries")
+        .and_then(|q| q.child("certificates"))
+        .and_then(|c| c.child("info"))
+        .is_some_and(|i| i.child("request-error").is_some());
+    CertCell {
+        status: device.attr("certstat").filter(|s| !s.is_empty()).unwrap_or("unknown").to_string(),
+        request_error,
+        files,
+        note: note.into(),
+        upload: csr && !signed,
+    }
+}
+
+fn info_blocks(state: Node, shows: &xpath::Shows, now: i64) -> Vec<InfoBlock> {
+    let Some(queries) = state.child("queries") else { return Vec::new() };
+    let mut document: Option<StateDocument> = None;
+    shows
+        .queries
+        .iter()
+        .filter_map(|query| {
+            let answer = queries.child(&query.id)?;
+            let document = document.get_or_insert_with(|| StateDocument::new(state, &shows.reach));
+            let seen = answer.attr("seen").and_then(|t| t.parse().ok()).unwrap_or(0);
+            Some(InfoBlock {
+                title: query.title.clone(),
+                seen: Since::short(seen, now),
+                headers: query.columns.iter().map(|c| c.title.clone()).collect(),
+                values: query
+                    .columns
+                    .iter()
+                    .map(|c| match document.evaluate(c, &shows.context) {
+                        Ok(text) => InfoValue { text, error: false },
+                        Err(text) => InfoValue { text, error: true },
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(since(100, 105), "5 secs");
+        assert_eq!(since(100, 101), "1 sec");
+        assert_eq!(since(0, 150), "2.5 mins");
+        assert_eq!(since(0, 90 * 60), "90 mins");
+        assert_eq!(since(0, 3 * 3600), "3 hours");
+        assert_eq!(since(0, 86400 * 3), "3 days");
+        assert_eq!(since(0, 86400 * 7 * 20), "20 weeks");
+        assert_eq!(Since::of(0, 5).text, "∞");
+    }
+
+    #[test]
+    fn serial_prefixes() {
+        assert_eq!(serial_prefix("00-90-33-3e-0c-57-request.p10.der"), Some("00-90-33-3e-0c-57"));
+        assert_eq!(serial_prefix("0090333e0c57-signedrequest.cer"), Some("0090333e0c57"));
+        assert_eq!(serial_prefix("CAkey1.pem"), None);
+    }
+
+    #[test]
+    fn links_only_to_addresses() {
+        assert_eq!(plain_address("172.16.4.57").as_deref(), Some("172.16.4.57"));
+        assert_eq!(plain_address("fe80::1").as_deref(), Some("[fe80::1]"));
+        assert_eq!(plain_address("javascript:alert(1)"), None);
+        assert_eq!(plain_address("a b"), None);
+    }
+}
