@@ -566,7 +566,9 @@ fn upload(admin: &Admin, query: &str, extra: &[(&str, &str)], content_type: &str
         request.vars.insert(k.to_string(), v.to_string());
     }
     request.body = body;
-    update_server::admin::upload(&request, &admin.root, update_server::config::load(&admin.root).map(std::sync::Arc::new))
+    // through the application's routing, as update.php?mode=upload reaches it
+    use update_server::http::Handler;
+    update_server::app::App::new(Some(admin.root.clone())).handle(request)
 }
 
 #[test]
