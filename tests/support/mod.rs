@@ -211,26 +211,9 @@ pub fn cgi_get(root: &Path, ctx: &CgiContext, script: &str, query: &str) -> Answ
 }
 
 /// Runs `command` to completion, killing it after `limit`.
-pub fn run_with_timeout(mut command: Command, limit: Duration) -> std::process::Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done_tx.send(());
-        output
-    });
-    if done_rx.recv_timeout(limit).is_err() {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        let _ = waiter.join();
-        panic!("{:?} did not finish within {limit:?}", command.get_program());
-    }
-    waiter.join().expect("waiter thread").expect("waiting for the child")
+pub fn run_with_timeout(command: Command, limit: Duration) -> std::process::Output {
+    // an empty standard input: the child reads end-of-file at once
+    run_with_input(command, b"", limit)
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
