@@ -23,25 +23,11 @@ server.modules = ( "mod_access", "mod_alias", "mod_fastcgi", "mod_openssl" )
 ssl.engine = "enable"
 ssl.pemfile = "{pem}"
 mimetype.assign = ( ".css" => "text/css", ".js" => "text/javascript", ".txt" => "text/plain" )
-alias.url = ( "{PREFIX}/" => "{root}/" )
-$HTTP["url"] =~ "^{PREFIX}/(status|backup|certs|cache|config|debug)/" {{
-    url.access-deny = ( "" )
-}}
-$HTTP["url"] =~ "^{PREFIX}/(update|admin/admin|update-migrate)\.php$" {{
-    fastcgi.server = ( ".php" => ((
-        "socket" => "{tmp}/update-server.sock",
-        "bin-path" => "{binary}",
-        "check-local" => "disable",
-        "max-procs" => 2,
-        "bin-environment" => ( "UPDATE_SERVER_ROOT" => "{root}" )
-    )) )
-}}
-"#,
+{deployment}"#,
+        deployment = deployment_block(PREFIX, root, &tmp.join("update-server.sock"), 2, true),
         docroot = tmp.join("htdocs").display(),
         tmp = tmp.display(),
-        root = root.display(),
         pem = pem.display(),
-        binary = binary().display(),
     )
 }
 

@@ -82,10 +82,6 @@ impl Site {
 /// The configuration this test runs lighttpd with; the README's "Deploying under lighttpd"
 /// shows the same `fastcgi.server` and `url.access-deny` parts.
 fn lighttpd_conf(port: u16, docroot: &Path, root: &Path, error_log: &Path, socket: &Path, root_from: RootFrom) -> String {
-    let environment = match root_from {
-        RootFrom::Environment => format!(",\n        \"bin-environment\" => ( \"UPDATE_SERVER_ROOT\" => \"{}\" )", root.display()),
-        RootFrom::ScriptFilename => String::new(),
-    };
     format!(
         r#"server.document-root = "{docroot}"
 server.bind = "127.0.0.1"
@@ -94,24 +90,10 @@ server.errorlog = "{error_log}"
 server.modules = ( "mod_access", "mod_alias", "mod_fastcgi" )
 mimetype.assign = ( ".txt" => "text/plain", ".xml" => "text/xml", ".html" => "text/html" )
 
-alias.url = ( "{PREFIX}/" => "{root}/" )
-$HTTP["url"] =~ "^{PREFIX}/(status|backup|certs|cache|config|debug)/" {{
-    url.access-deny = ( "" )
-}}
-$HTTP["url"] =~ "^{PREFIX}/(update|admin/admin|update-migrate)\.php$" {{
-    fastcgi.server = ( ".php" => ((
-        "socket" => "{socket}",
-        "bin-path" => "{binary}",
-        "check-local" => "disable",
-        "max-procs" => 2{environment}
-    )) )
-}}
-"#,
+{deployment}"#,
+        deployment = deployment_block(PREFIX, root, socket, 2, matches!(root_from, RootFrom::Environment)),
         docroot = docroot.display(),
         error_log = error_log.display(),
-        root = root.display(),
-        socket = socket.display(),
-        binary = binary().display(),
     )
 }
 
@@ -171,13 +153,18 @@ fn device_polls_through_lighttpd(root_from: RootFrom) {
     );
     assert!(!steady.body.trim().is_empty(), "steady poll answered an empty body (comments expected)");
 
-    // Private folders are never served as static files.
-    for private in [format!("status/{DEVICE_SN}.xml"), "status/x.xml".into(), "config/user-config.xml".into(), "cache/x".into()] {
+    // Data, snippets and configuration are never served as static files: files that exist
+    // are refused (403), not merely missing.
+    for private in [
+        format!("status/{DEVICE_SN}.xml"),
+        "config/user-config.xml".into(),
+        "user-config.xml".into(),
+        "config.xml".into(),
+        "scripts/update-all-default.txt".into(),
+    ] {
+        assert!(site.root.join(&private).is_file(), "{private} exists in the test root");
         let answer = site.get(&private, "");
-        site.check(
-            answer.status == 403 || answer.status == 404,
-            &format!("{PREFIX}/{private} answered {} (must be denied):\n{}", answer.status, answer.body),
-        );
+        site.check(answer.status == 403, &format!("{PREFIX}/{private} answered {} (must be 403):\n{}", answer.status, answer.body));
     }
 
     // The other two scripts reach the binary too and answer as they do through CGI.

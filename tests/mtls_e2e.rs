@@ -397,29 +397,14 @@ $SERVER["socket"] == "127.0.0.1:{mtls}" {{
     ssl.verifyclient.depth = 2
 }}
 
-alias.url = ( "{PREFIX}/" => "{root}/" )
-$HTTP["url"] =~ "^{PREFIX}/(status|backup|certs|cache|config|debug)/" {{
-    url.access-deny = ( "" )
-}}
-$HTTP["url"] =~ "^{PREFIX}/(update|admin/admin|update-migrate)\.php$" {{
-    fastcgi.server = ( ".php" => ((
-        "socket" => "{socket}",
-        "bin-path" => "{binary}",
-        "check-local" => "disable",
-        "max-procs" => 1,
-        "bin-environment" => ( "UPDATE_SERVER_ROOT" => "{root}" )
-    )) )
-}}
-$HTTP["url"] =~ "^/env/" {{
+{deployment}$HTTP["url"] =~ "^/env/" {{
     cgi.assign = ( ".cgi" => "/bin/sh" )
 }}
 "#,
+        deployment = deployment_block(PREFIX, root, &tmp.join("update-server.sock"), 1, true),
         htdocs = tmp.join("htdocs").display(),
         error_log = error_log.display(),
         client_cas = pki.join("trusted-client-cas.pem").display(),
-        root = root.display(),
-        socket = tmp.join("update-server.sock").display(),
-        binary = binary().display(),
     )
 }
 

@@ -588,3 +588,33 @@ pub fn write_admin_fixture(root: &Path, password: &str) {
     write_old_file(root, "certs/00-90-33-3e-0c-57-request.p10.pem", "-----BEGIN CERTIFICATE REQUEST-----\r\nMIIB\r\n-----END CERTIFICATE REQUEST-----\r\n");
     write_old_file(root, "certs/00-90-33-3e-0c-57-request.p10.der", "0");
 }
+
+/// The part of a lighttpd configuration that deploys the binary under `prefix`, exactly as the
+/// README's "Deploying under lighttpd" shows it: data, snippets and configuration denied to
+/// static serving, the three scripts handed to one FastCGI binary spawned with `bin-path`.
+/// Without `root_in_environment` the binary finds its root from `SCRIPT_FILENAME`.
+pub fn deployment_block(prefix: &str, root: &Path, socket: &Path, max_procs: u32, root_in_environment: bool) -> String {
+    let environment = if root_in_environment {
+        format!(",\n        \"bin-environment\" => ( \"UPDATE_SERVER_ROOT\" => \"{}\" )", root.display())
+    } else {
+        String::new()
+    };
+    format!(
+        r#"alias.url = ( "{prefix}/" => "{root}/" )
+$HTTP["url"] =~ "^{prefix}/((status|backup|certs|cache|config|debug|scripts|dynamic)/|(user-)?config\.xml$)" {{
+    url.access-deny = ( "" )
+}}
+$HTTP["url"] =~ "^{prefix}/(update|admin/admin|update-migrate)\.php$" {{
+    fastcgi.server = ( ".php" => ((
+        "socket" => "{socket}",
+        "bin-path" => "{binary}",
+        "check-local" => "disable",
+        "max-procs" => {max_procs}{environment}
+    )) )
+}}
+"#,
+        root = root.display(),
+        socket = socket.display(),
+        binary = binary().display(),
+    )
+}
