@@ -1,7 +1,8 @@
 //! The FastCGI responder spoken to by hand over a real socket: requests arrive intact,
 //! connections are reused, limits hold, and bad peers do not hurt the next one.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::{connect_when_up, echo_request};
 use update_server::http::{fastcgi, Request, Response, MAX_BODY_BYTES};
 
 const BEGIN_REQUEST: u8 = 1;
@@ -167,48 +169,34 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-/// Answers with the variables it got (sorted `K=V` lines), a blank line, and the body.
+/// Counts its calls, panics on request, and otherwise echoes (see [`echo_request`]).
 fn echo(calls: Arc<AtomicUsize>) -> impl Fn(Request) -> Response + Send + Sync + 'static {
     move |request: Request| {
         calls.fetch_add(1, Ordering::SeqCst);
         if request.var("QUERY_STRING") == Some("panic") {
             panic!("handler asked to panic");
         }
-        let sorted: BTreeMap<_, _> = request.vars.iter().collect();
-        let mut body: Vec<u8> = sorted
-            .iter()
-            .flat_map(|(k, v)| format!("{k}={v}\n").into_bytes())
-            .collect();
-        body.push(b'\n');
-        body.extend_from_slice(&request.body);
-        Response::text(200, body)
+        echo_request(&request)
     }
 }
 
 fn start() -> Server {
+    start_with_workers(4)
+}
+
+fn start_with_workers(workers: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fcgi.sock");
     let calls = Arc::new(AtomicUsize::new(0));
     let address = format!("unix:{}", socket.display());
     let handler = Arc::new(echo(calls.clone()));
-    std::thread::spawn(move || fastcgi::serve_listen(&address, handler, 4));
+    std::thread::spawn(move || fastcgi::serve_listen(&address, handler, workers));
     connect_when_up(|| UnixStream::connect(&socket));
     Server {
         socket,
         calls,
         _dir: dir,
     }
-}
-
-/// Retries `connect` while the server thread is still binding.
-fn connect_when_up<S>(connect: impl Fn() -> std::io::Result<S>) -> S {
-    for _ in 0..200 {
-        if let Ok(stream) = connect() {
-            return stream;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("FastCGI server did not come up");
 }
 
 impl Server {
@@ -432,21 +420,14 @@ fn a_stale_socket_file_is_replaced_but_a_regular_file_is_not() {
 #[test]
 fn idle_kept_alive_connections_do_not_starve_new_ones() {
     // one warm worker, and more idle keep-alive connections than workers
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("fcgi.sock");
-    let address = format!("unix:{}", socket.display());
-    let handler = Arc::new(echo(Arc::new(AtomicUsize::new(0))));
-    std::thread::spawn(move || fastcgi::serve_listen(&address, handler, 1));
-    connect_when_up(|| UnixStream::connect(&socket));
+    let server = start_with_workers(1);
     let mut idle = Vec::new();
     for n in 0..3 {
-        let mut stream = UnixStream::connect(&socket).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut stream = server.connect();
         assert!(ask_query(&mut stream, true, &format!("kept={n}")).contains(&format!("QUERY_STRING=kept={n}")));
         idle.push(stream); // stays open, idle, holding whatever thread served it
     }
-    let mut fresh = UnixStream::connect(&socket).unwrap();
-    fresh.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut fresh = server.connect();
     assert!(ask_query(&mut fresh, false, "fresh").contains("QUERY_STRING=fresh"), "a new connection is served");
     // and the kept connections still work
     for (n, stream) in idle.iter_mut().enumerate() {

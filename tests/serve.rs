@@ -2,13 +2,16 @@
 //! CGI variables a web server would set, static files are served from fw/ only, and hostile
 //! paths and oversized requests are refused.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use update_server::http::{serve, Request, Response};
+use support::{connect_when_up, echo_request, free_port};
+use update_server::http::{serve, Request};
 
 // ---- a tiny HTTP client ---------------------------------------------------------------------
 
@@ -119,18 +122,6 @@ impl Client {
 
 // ---- the server under test ------------------------------------------------------------------
 
-/// Answers with the variables it got (sorted `K=V` lines), a blank line, and the body.
-fn echo(request: Request) -> Response {
-    let sorted: BTreeMap<_, _> = request.vars.iter().collect();
-    let mut body: Vec<u8> = sorted
-        .iter()
-        .flat_map(|(k, v)| format!("{k}={v}\n").into_bytes())
-        .collect();
-    body.push(b'\n');
-    body.extend_from_slice(&request.body);
-    Response::text(200, body)
-}
-
 struct Site {
     port: u16,
     root: PathBuf,
@@ -147,23 +138,10 @@ fn start() -> Site {
     std::os::unix::fs::symlink(root.join("config.xml"), root.join("fw/escape.xml")).unwrap();
     let port = free_port();
     let (listen, served_root) = (format!("127.0.0.1:{port}"), root.clone());
-    std::thread::spawn(move || serve::run(&listen, served_root, Arc::new(echo)));
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Site {
-                port,
-                root,
-                _dir: dir,
-            };
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("HTTP listener did not come up");
-}
-
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
+    let handler = |request: Request| echo_request(&request);
+    std::thread::spawn(move || serve::run(&listen, served_root, Arc::new(handler)));
+    connect_when_up(|| TcpStream::connect(("127.0.0.1", port)));
+    Site { port, root, _dir: dir }
 }
 
 fn firmware() -> Vec<u8> {

@@ -618,3 +618,24 @@ $HTTP["url"] =~ "^{prefix}/(update|admin/admin|update-migrate)\.php$" {{
         binary = binary().display(),
     )
 }
+
+/// A handler that answers with the variables it got (sorted `K=V` lines), a blank line, and
+/// the body: what a front door hands the application, made visible.
+pub fn echo_request(request: &update_server::http::Request) -> update_server::http::Response {
+    let sorted: std::collections::BTreeMap<_, _> = request.vars.iter().collect();
+    let mut body: Vec<u8> = sorted.iter().flat_map(|(k, v)| format!("{k}={v}\n").into_bytes()).collect();
+    body.push(b'\n');
+    body.extend_from_slice(&request.body);
+    update_server::http::Response::text(200, body)
+}
+
+/// Retries `connect` until a server that was just started in a thread accepts (2 s at most).
+pub fn connect_when_up<S>(connect: impl Fn() -> std::io::Result<S>) -> S {
+    for _ in 0..200 {
+        if let Ok(stream) = connect() {
+            return stream;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the server did not come up");
+}
