@@ -36,6 +36,11 @@ impl Call {
         self.args.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// Whether the request came over HTTPS on the configured HTTPS port (443 when unset).
+    pub fn https_on(&self, httpsport: Option<&str>) -> bool {
+        self.https && self.server_port == httpsport.unwrap_or("443")
+    }
+
     /// A relative URL from the configuration made absolute (a value with `://` is kept).
     pub fn absolute(&self, url: &str) -> String {
         if url.contains("://") {
@@ -267,7 +272,7 @@ impl Run<'_> {
         self.script.blank();
 
         // step 9: backup
-        let https_on_port = call.https && call.server_port == config.times.httpsport.as_deref().unwrap_or("443");
+        let https_on_port = call.https_on(config.times.httpsport.as_deref());
         let force_https = config.times.forcehttps || config.times.forcetrust;
         match &config.backup {
             Some(backup) if force_https && !call.https => {
@@ -704,7 +709,7 @@ impl Run<'_> {
             &self.call.args,
             &self.config.stdargs,
         );
-        let https_on_port = self.call.https && self.call.server_port == times.httpsport.as_deref().unwrap_or("443");
+        let https_on_port = self.call.https_on(times.httpsport.as_deref());
         let mut location = if self.call.https { format!("https://{}", self.call.host) } else { format!("http://{}", self.call.host) };
         location.push_str(&self.call.script_name);
         if force_https && !https_on_port {
