@@ -474,6 +474,37 @@ fn certificate_of_another_device_gets_no_snippet() {
     site.check(reply.snippet_lines().is_empty() && names_forcetrust(&reply.body), "B's hwid with A's serial gets nothing", &reply);
 }
 
+/// Finding 10 of the hardening issue: a certificate of the trusted CA that claims another
+/// device must not write what it claims (type, address, log) into that device's row.
+#[test]
+fn a_refused_poll_cannot_forge_another_devices_state() {
+    let site = Site::start();
+    let before = site.files();
+    let forged = |device: Device| format!("type=EVILTYPE&sn={}&hwid={}&ip=6.6.6.6&polling=0&phase=update", device.sn, device.hwid);
+
+    // A's certificate claiming B; no certificate over plain HTTP claiming B. (A device whose
+    // certificate state is still unknown stops at the certificate step before the identity
+    // check and is recorded there, as SPEC §3 orders it: the roll-out must work for devices
+    // whose certificate is not yet from a CAname CA.)
+    for (port, client) in [(Port::Mtls, Client::A), (Port::Http, Client::None)] {
+        let reply = site.request(port, client, &forged(B), None);
+        site.check(reply.exit == 0 && reply.status == 200, "the refused poll is answered", &reply);
+        site.check(reply.snippet_lines().is_empty(), "nothing delivered", &reply);
+    }
+    assert_eq!(snapshot_diff(&before, &site.files()), Vec::<String>::new(), "no state file written");
+    let state = String::from_utf8(site.read(&B.state_file()).unwrap()).unwrap();
+    assert!(!state.contains("EVILTYPE") && !state.contains("6.6.6.6"), "B's row is not forged:\n{state}");
+    // the refusals are not lost: the server log has them
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !site.server.logs().contains(&format!("forcetrust refused a poll for sn={}", B.sn)) {
+        assert!(Instant::now() < deadline, "the refusal is logged:\n{}", site.server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // the device itself, with its own certificate, is still served and recorded
+    let reply = site.poll(Port::Mtls, Client::B, B);
+    site.check(reply.has_command(B.secret), "B with its own certificate gets its snippet", &reply);
+}
+
 #[test]
 fn trusted_ca_that_is_not_in_caname_is_refused() {
     let site = Site::start();
@@ -491,9 +522,8 @@ fn trusted_ca_that_is_not_in_caname_is_refused() {
     // nor may it store a backup for the device
     let put = site.request(Port::Mtls, Client::AOtherTrustedCa, &format!("mode=backup&hwid={}&sn={}", A.hwid, A.sn), Some(b"config change CMD0 /name X\r\n"));
     site.check((400..500).contains(&put.status), "the backup PUT is refused with a 4xx", &put);
-    let changes: Vec<String> =
-        snapshot_diff(&before, &site.files()).into_iter().filter(|c| c != &format!("changed {}", A.state_file())).collect();
-    assert!(changes.is_empty(), "only A's state may change (the refused poll's log): {changes:?}");
+    // SPEC §1: a poll refused by forcetrust leaves even the state untouched
+    assert_eq!(snapshot_diff(&before, &site.files()), Vec::<String>::new(), "nothing written");
     assert!(!site.root.join("backup").join(A.hwid).exists(), "no backup folder for A");
 }
 

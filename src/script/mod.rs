@@ -373,12 +373,15 @@ impl Run<'_> {
             self.script.note("HTTPS required (forcehttps): moving the device to its HTTPS URL");
             self.state_args.polling = config.times.polling;
             self.rewrite_if_needed(true);
+            if config.times.forcetrust {
+                return self.refuse_untrusted(store, serial, "plain HTTP, no client certificate");
+            }
             return self.finish(store, now, logkeep);
         }
         if config.times.forcetrust {
             if let Err(refusal) = certs::check_identity(&call.tls, serial, hwid, config) {
                 self.script.note(format!("forcetrust: {refusal} - nothing delivered"));
-                return self.finish(store, now, logkeep);
+                return self.refuse_untrusted(store, serial, &refusal);
             }
             self.script.comment("forcetrust: client certificate identifies this device");
         }
@@ -461,6 +464,19 @@ impl Run<'_> {
         self.script.comment("trigger reset if required");
         self.script.command("iresetn");
         self.finish(store, now, logkeep)
+    }
+
+    /// Ends a poll that forcetrust refused without touching the state: whoever sent it has not
+    /// proven to be this device, so nothing it claims (type, address, log) may reach the
+    /// device's row. The refusal goes to the server log instead (SPEC §1).
+    fn refuse_untrusted(&mut self, store: StateStore, serial: &str, refusal: &str) -> Result<(), Bailout> {
+        drop(store);
+        let shown: String = serial.chars().filter(|c| !c.is_control()).take(64).collect();
+        eprintln!(
+            "update-server: forcetrust refused a poll for sn={shown} from {}: {refusal} (state left unchanged)",
+            self.call.origin.ip
+        );
+        Ok(())
     }
 
     /// Saves the state with the phase the device goes on with, and cleans up old state files.
