@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::http::{Handler, Request, Response};
 use crate::route::Route;
 use crate::script::{self, Call};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,11 +30,11 @@ impl App {
 
     /// The install directory for this request: the configured one, else the folder of the
     /// script file the web server named (its parent for the admin page).
-    fn root_for(&self, request: &Request, route: Route) -> PathBuf {
+    fn root_for(&self, vars: &HashMap<String, String>, route: Route) -> PathBuf {
         if let Some(root) = &self.root_override {
             return root.clone();
         }
-        match request.var("SCRIPT_FILENAME").map(Path::new).and_then(Path::parent) {
+        match vars.get("SCRIPT_FILENAME").map(Path::new).and_then(Path::parent) {
             Some(dir) => {
                 let mut root = dir.to_path_buf();
                 for _ in 0..route.depth() {
@@ -113,7 +114,7 @@ impl App {
 impl Handler for App {
     fn handle(&self, request: Request) -> Response {
         let route = Route::of(request.var("SCRIPT_NAME").unwrap_or(""));
-        let root = self.root_for(&request, route);
+        let root = self.root_for(&request.vars, route);
         match route {
             Route::Update => self.update(&request, &root),
             Route::Migrate => self.migrate(&request, &root),
@@ -121,7 +122,32 @@ impl Handler for App {
             Route::Unknown => device_text(404, "# not found\r\n"),
         }
     }
+
+    fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+        let route = Route::of(vars.get("SCRIPT_NAME").map_or("", String::as_str));
+        match route {
+            Route::Update => {
+                let args = crate::urlenc::parse_query(vars.get("QUERY_STRING").map_or("", String::as_str));
+                let mode = args.iter().find(|(k, _)| k == "mode").map_or("", |(_, v)| v.as_str());
+                match mode {
+                    "backup" | "query" | "vardump" => match self.configs.get(&self.root_for(vars, route)) {
+                        Ok(config) => crate::device_data::body_limit(mode, &config),
+                        // the answer will be the configuration error; no body is needed for it
+                        Err(_) => IGNORED_BODY_LIMIT,
+                    },
+                    "upload" => crate::admin::upload::MAX_UPLOAD_BYTES,
+                    _ => IGNORED_BODY_LIMIT,
+                }
+            }
+            Route::Admin => crate::admin::MAX_FORM_BYTES,
+            Route::Migrate | Route::Unknown => IGNORED_BODY_LIMIT,
+        }
+    }
 }
+
+/// The body limit of requests whose body nobody reads (polls, the migration redirect, unknown
+/// scripts): devices send none, so this only bounds what a client can make us hold.
+const IGNORED_BODY_LIMIT: usize = 64 * 1024;
 
 /// A `text/plain` answer that no cache keeps.
 fn device_text(status: u16, body: impl Into<Vec<u8>>) -> Response {
@@ -134,14 +160,13 @@ fn device_text(status: u16, body: impl Into<Vec<u8>>) -> Response {
 fn call_of(request: &Request, args: Vec<(String, String)>, config: &Config) -> Call {
     let https = request.var("HTTPS").is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("off"));
     let server_port = request.var("SERVER_PORT").unwrap_or(if https { "443" } else { "80" }).to_string();
-    let host = match request.var("HTTP_HOST").filter(|h| !h.is_empty() && is_host(h)) {
-        Some(host) => host.to_string(),
-        None => {
-            let name = request.var("SERVER_NAME").unwrap_or("localhost");
-            let default_port = if https { "443" } else { "80" };
-            if server_port == default_port { name.to_string() } else { format!("{name}:{server_port}") }
-        }
-    };
+    let host = url_host(
+        request.var("HTTP_HOST").filter(|h| !h.is_empty() && is_host(h)),
+        request.var("SERVER_NAME").unwrap_or("localhost"),
+        &server_port,
+        https,
+        request.var("SERVER_SOFTWARE").unwrap_or(""),
+    );
     let script_name = request.var("SCRIPT_NAME").unwrap_or("/update.php").to_string();
     let folder = script_name.rsplit_once('/').map_or("", |(dir, _)| dir);
     let base_url = format!("{}://{host}{folder}", if https { "https" } else { "http" });
@@ -162,9 +187,56 @@ fn call_of(request: &Request, args: Vec<(String, String)>, config: &Config) -> C
     }
 }
 
+/// The host (with the port where one is needed) of the URLs we hand a device: the Host header
+/// it sent, else the server's name and port. Debian's nginx passes `HTTP_HOST` as `$host`,
+/// which has lost the port the device used; for nginx the port then comes from `SERVER_PORT`,
+/// unless it is the scheme's default (a URL never names port 80 or 443 needlessly). Other web
+/// servers pass the header as it came, and a Host header without a port means the device used
+/// the default port, whatever port the server listens on behind a port forwarding.
+fn url_host(http_host: Option<&str>, server_name: &str, server_port: &str, https: bool, software: &str) -> String {
+    let default_port = if https { "443" } else { "80" };
+    let with_port = |name: &str| if server_port == default_port || server_port.is_empty() { name.to_string() } else { format!("{name}:{server_port}") };
+    match http_host {
+        Some(host) if !has_port(host) && software.starts_with("nginx/") => with_port(host),
+        Some(host) => host.to_string(),
+        None => with_port(server_name),
+    }
+}
+
+/// Whether `host` (`name`, `name:port`, `[v6]`, `[v6]:port`) names a port.
+fn has_port(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').is_some_and(|(_, rest)| rest.starts_with(':')),
+        None => host.contains(':'),
+    }
+}
+
 /// A Host header we are willing to put into URLs we hand out: a name or address with an
 /// optional port, nothing that could change the URL's meaning.
 fn is_host(host: &str) -> bool {
     host.len() <= 255
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_hosts_keep_the_devices_port() {
+        // what the device sent is used as it is
+        assert_eq!(url_host(Some("up.example.com:8080"), "x", "8080", false, "Apache/2.4"), "up.example.com:8080");
+        assert_eq!(url_host(Some("up.example.com"), "x", "8080", false, "Apache/2.4"), "up.example.com");
+        // Debian's nginx drops the port from HTTP_HOST: SERVER_PORT puts it back, defaults stay out
+        assert_eq!(url_host(Some("up.example.com"), "x", "8080", false, "nginx/1.22.1"), "up.example.com:8080");
+        assert_eq!(url_host(Some("up.example.com"), "x", "80", false, "nginx/1.22.1"), "up.example.com");
+        assert_eq!(url_host(Some("up.example.com"), "x", "443", true, "nginx/1.22.1"), "up.example.com");
+        assert_eq!(url_host(Some("up.example.com"), "x", "443", false, "nginx/1.22.1"), "up.example.com:443");
+        assert_eq!(url_host(Some("[::1]"), "x", "8443", true, "nginx/1.22.1"), "[::1]:8443");
+        assert_eq!(url_host(Some("[::1]:8443"), "x", "8443", true, "nginx/1.22.1"), "[::1]:8443");
+        assert_eq!(url_host(Some("up.example.com:8080"), "x", "8080", false, "nginx/1.22.1"), "up.example.com:8080");
+        // no usable Host header: the server's name and port
+        assert_eq!(url_host(None, "up.example.com", "8080", false, ""), "up.example.com:8080");
+        assert_eq!(url_host(None, "up.example.com", "443", true, ""), "up.example.com");
+    }
 }

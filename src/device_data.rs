@@ -29,7 +29,7 @@ fn refuse(status: u16, message: impl Into<String>) -> Answer {
 }
 
 /// Query and vardump bodies are small XML or `vars read` output.
-const SMALL_BODY_LIMIT: usize = 1024 * 1024;
+pub const SMALL_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What a data request needs besides its mode.
 pub struct DataRequest<'a> {
@@ -46,6 +46,16 @@ impl DataRequest<'_> {
     }
 }
 
+/// The largest body `mode` takes: `backup/@maxsize` for backups, [`SMALL_BODY_LIMIT`] for
+/// query answers and variable dumps. The front doors learn it before they read the body.
+pub fn body_limit(mode: &str, config: &Config) -> usize {
+    if mode == "backup" {
+        config.backup.as_ref().map_or(8 << 20, |b| b.maxsize)
+    } else {
+        SMALL_BODY_LIMIT
+    }
+}
+
 pub fn handle(mode: &str, root: &Path, config: &Config, request: &DataRequest) -> Answer {
     if !matches!(request.method, "PUT" | "POST") {
         return refuse(405, format!("mode={mode} takes the data in a PUT request"));
@@ -53,7 +63,7 @@ pub fn handle(mode: &str, root: &Path, config: &Config, request: &DataRequest) -
     let Some(serial) = request.arg("sn") else {
         return refuse(400, "missing argument sn");
     };
-    let limit = if mode == "backup" { config.backup.as_ref().map_or(8 << 20, |b| b.maxsize) } else { SMALL_BODY_LIMIT };
+    let limit = body_limit(mode, config);
     if request.body.len() > limit {
         return refuse(413, format!("body of {} bytes is larger than the {limit} bytes allowed", request.body.len()));
     }

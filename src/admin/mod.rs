@@ -25,6 +25,10 @@ use std::path::Path;
 use std::sync::Arc;
 use templates::Page;
 
+/// Largest form body the admin page reads (its forms carry a few fields; the front doors
+/// refuse a longer body before reading it).
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+
 /// The policy every admin answer carries: only our own files, no framing, no sniffing, no
 /// caching.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -63,7 +67,7 @@ impl Site {
         let host = Some(var("HTTP_HOST")).filter(|h| is_host(h)).unwrap_or_else(|| var("SERVER_NAME")).to_string();
         let form_post = var("REQUEST_METHOD") == "POST"
             && var("CONTENT_TYPE").to_ascii_lowercase().starts_with("application/x-www-form-urlencoded");
-        let form = if form_post && request.body.len() <= 64 * 1024 {
+        let form = if form_post && request.body.len() <= MAX_FORM_BYTES {
             crate::urlenc::parse_query(&String::from_utf8_lossy(&request.body))
         } else {
             Vec::new()

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 /// Largest certificate file accepted.
 pub const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+/// Largest upload request: the certificate, the CSRF token and the multipart framing.
+pub const MAX_UPLOAD_BYTES: usize = MAX_CERTIFICATE_BYTES + 64 * 1024;
 
 /// One part of a multipart body.
 #[derive(Debug, Clone, PartialEq, Eq)]

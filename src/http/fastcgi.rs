@@ -6,7 +6,7 @@
 //! over a socket; the accept loops hand connections to a [`pool::ConnectionPool`] that the
 //! built-in HTTP listener shares.
 
-use super::{Handler, Request, Response, MAX_BODY_BYTES};
+use super::{body_limit, body_too_large, Handler, Request, Response, MAX_BODY_BYTES};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -15,7 +15,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Wire format
@@ -239,9 +239,12 @@ pub fn encode_response(request_id: u16, response: &Response) -> Vec<u8> {
 
 /// Upper bound of the PARAMS stream of one request; web servers send a few KiB.
 pub const MAX_PARAMS_BYTES: usize = 256 * 1024;
-/// How much of a refused body we read and throw away before answering and closing, so the web
-/// server sees our answer instead of a broken pipe.
-const MAX_DRAIN_BYTES: usize = MAX_BODY_BYTES;
+/// How much of a refused body we read and throw away, and for how long, before answering and
+/// closing, so the web server sees our answer instead of a broken pipe. nginx and Apache send
+/// a body they have buffered at memory speed, so this covers any body a client can hand them;
+/// a client trickling a huge body in gets its answer when the time is up.
+const MAX_DRAIN_BYTES: usize = 256 * 1024 * 1024;
+const MAX_DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// What the connection loop must do after a record.
 #[derive(Debug)]
@@ -277,28 +280,43 @@ struct Pending {
     /// Set once the PARAMS stream has ended.
     vars: Option<HashMap<String, String>>,
     body: Vec<u8>,
+    /// The largest body the application takes for this request, known once PARAMS ended.
+    limit: usize,
     /// Set once the request is known to be refused; from then on input is only counted.
     refusal: Option<Response>,
+    refused_at: Option<Instant>,
     drained: usize,
 }
 
 /// Protocol state of one connection: at most one request at a time (we answer
 /// FCGI_MPXS_CONNS=0 and refuse a second request with FCGI_CANT_MPX_CONN).
-#[derive(Debug)]
-struct Session {
+struct Session<'h> {
     max_conns: usize,
     current: Option<Pending>,
+    /// Asked for each request's body limit; without it the global ceiling applies.
+    limits: Option<&'h dyn Handler>,
 }
 
-fn body_too_large() -> Response {
-    Response::text(413, "# request body too large - exit\r\n")
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("max_conns", &self.max_conns).field("current", &self.current).finish()
+    }
 }
 
-impl Session {
-    fn new(max_conns: usize) -> Session {
+impl<'h> Session<'h> {
+    fn new(max_conns: usize) -> Session<'h> {
         Session {
             max_conns,
             current: None,
+            limits: None,
+        }
+    }
+
+    /// A session that asks `handler` for each request's body limit before the body arrives.
+    fn with_limits(max_conns: usize, handler: &'h dyn Handler) -> Session<'h> {
+        Session {
+            limits: Some(handler),
+            ..Session::new(max_conns)
         }
     }
 
@@ -311,7 +329,10 @@ impl Session {
         match header.kind {
             kind::BEGIN_REQUEST => self.on_begin(id, content),
             kind::ABORT_REQUEST => self.on_abort(id),
-            kind::PARAMS => self.with_current(id, |pending| pending.on_params(content)),
+            kind::PARAMS => {
+                let limits = self.limits;
+                self.with_current(id, |pending| pending.on_params(content, limits))
+            }
             kind::STDIN => self.on_stdin(id, content),
             kind::GET_VALUES => self.on_get_values(content),
             // DATA belongs to the Filter role; the others flow from us to the web server.
@@ -357,7 +378,9 @@ impl Session {
                     params: Vec::new(),
                     vars: None,
                     body: Vec::new(),
+                    limit: MAX_BODY_BYTES,
                     refusal: None,
+                    refused_at: None,
                     drained: 0,
                 });
                 Action::Nothing
@@ -433,14 +456,21 @@ fn end_request(id: u16, protocol_status: u8, then_close: bool) -> Action {
 }
 
 impl Pending {
-    fn on_params(&mut self, content: &[u8]) -> Action {
+    /// From now on the request's input is only counted, and `response` is the answer.
+    fn refuse(&mut self, response: Response) {
+        self.body = Vec::new();
+        self.refusal = Some(response);
+        self.refused_at = Some(Instant::now());
+    }
+
+    fn on_params(&mut self, content: &[u8], limits: Option<&dyn Handler>) -> Action {
         if self.vars.is_some() || self.refusal.is_some() {
             return Action::Nothing;
         }
         if !content.is_empty() {
             if self.params.len() + content.len() > MAX_PARAMS_BYTES {
                 self.params = Vec::new();
-                self.refusal = Some(Response::text(
+                self.refuse(Response::text(
                     431,
                     "# request parameters too large - exit\r\n",
                 ));
@@ -451,9 +481,11 @@ impl Pending {
         }
         match decode_params(&self.params) {
             Ok(pairs) => {
-                let vars: HashMap<String, String> = pairs.into_iter().collect();
-                if declared_length(&vars) > MAX_BODY_BYTES {
-                    self.refusal = Some(body_too_large());
+                let mut vars: HashMap<String, String> = pairs.into_iter().collect();
+                strip_proxy_prefix(&mut vars);
+                self.limit = limits.map_or(MAX_BODY_BYTES, |handler| body_limit(handler, &vars));
+                if declared_length(&vars) > self.limit {
+                    self.refuse(body_too_large(self.limit));
                 }
                 self.vars = Some(vars);
             }
@@ -462,7 +494,7 @@ impl Pending {
                     "fastcgi",
                     &format!("request {}: bad params: {error}", self.id),
                 );
-                self.refusal = Some(Response::text(
+                self.refuse(Response::text(
                     400,
                     "# malformed FastCGI parameters - exit\r\n",
                 ));
@@ -481,17 +513,18 @@ impl Pending {
         }
         if self.refusal.is_some() {
             self.drained += content.len();
-            if self.drained > MAX_DRAIN_BYTES {
+            let too_long = self.refused_at.is_some_and(|at| at.elapsed() > MAX_DRAIN_TIME);
+            if self.drained > MAX_DRAIN_BYTES || too_long {
                 // Not worth reading further: answer now and drop the connection.
                 return self.finish(false);
             }
-        } else if self.body.len() + content.len() > MAX_BODY_BYTES {
-            self.body = Vec::new();
-            self.refusal = Some(body_too_large());
+        } else if self.body.len() + content.len() > self.limit {
+            // a body without CONTENT_LENGTH (or longer than declared) ends up here
+            self.refuse(body_too_large(self.limit));
         } else {
             if self.body.is_empty() {
                 let declared = self.vars.as_ref().map_or(0, declared_length);
-                self.body.reserve(declared.min(MAX_BODY_BYTES));
+                self.body.reserve(declared.min(self.limit));
             }
             self.body.extend_from_slice(content);
         }
@@ -512,6 +545,27 @@ impl Pending {
             work,
         }
     }
+}
+
+/// Apache's mod_proxy_fcgi names the script `proxy:fcgi://HOST:PORT/path/to/update.php` (and
+/// `proxy:balancer://NAME/…` behind a balancer): the file is the path after the host, which is
+/// what PHP-FPM takes from it too (without a query string a `RewriteRule` may have appended).
+fn strip_proxy_prefix(vars: &mut HashMap<String, String>) {
+    if let Some(filename) = vars.get_mut("SCRIPT_FILENAME") {
+        if let Some(path) = proxied_script_path(filename) {
+            *filename = path.to_string();
+        }
+    }
+}
+
+/// The file path inside a `proxy:fcgi://` or `proxy:balancer://` script name, if it is one.
+fn proxied_script_path(filename: &str) -> Option<&str> {
+    let prefix = ["proxy:fcgi://", "proxy:balancer://"]
+        .into_iter()
+        .find(|p| filename.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))?;
+    let rest = &filename[prefix.len()..];
+    let path = &rest[rest.find('/')?..];
+    Some(path.split_once('?').map_or(path, |(path, _)| path))
 }
 
 /// CONTENT_LENGTH as the web server declared it; unparsable counts as zero because the body
@@ -656,7 +710,7 @@ fn serve_connection(
     gate: &pool::Gate,
 ) -> Result<(), ConnectionError> {
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
-    let mut session = Session::new(MAX_CONNECTIONS);
+    let mut session = Session::with_limits(MAX_CONNECTIONS, handler);
     // grown to the largest record seen; most records are far smaller than the 64 KiB maximum
     let mut content: Vec<u8> = Vec::with_capacity(4096);
     let mut idle = false;
@@ -1480,6 +1534,58 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn apache_proxy_script_names_become_file_paths() {
+        for (given, path) in [
+            ("proxy:fcgi://127.0.0.1:9000/var/www/up/update.php", Some("/var/www/up/update.php")),
+            ("PROXY:FCGI://[::1]:9000/var/www/up/admin/admin.php", Some("/var/www/up/admin/admin.php")),
+            ("proxy:balancer://pool/srv/update.php?sn=1", Some("/srv/update.php")),
+            ("proxy:fcgi://127.0.0.1:9000", None),
+            ("/var/www/up/update.php", None),
+            ("proxy:http://host/x", None),
+        ] {
+            assert_eq!(proxied_script_path(given), path, "{given}");
+        }
+        let mut vars = HashMap::from([("SCRIPT_FILENAME".to_string(), "proxy:fcgi://h:1/r/update.php".to_string())]);
+        strip_proxy_prefix(&mut vars);
+        assert_eq!(vars["SCRIPT_FILENAME"], "/r/update.php");
+    }
+
+    #[test]
+    fn the_handlers_body_limit_is_applied_before_the_body_arrives() {
+        struct Small;
+        impl Handler for Small {
+            fn handle(&self, _: Request) -> Response {
+                Response::text(200, "")
+            }
+            fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+                if vars.contains_key("SMALL") { 10 } else { usize::MAX }
+            }
+        }
+        // declared over the limit: refused at once, the body only counted
+        let mut session = Session::with_limits(4, &Small);
+        begin(&mut session, 1, true, &[("SMALL", "1"), ("CONTENT_LENGTH", "11")]);
+        assert!(matches!(feed(&mut session, kind::STDIN, 1, b"01234567890"), Action::Nothing));
+        assert!(session.current.as_ref().is_some_and(|p| p.body.is_empty() && p.refusal.is_some()));
+        assert!(matches!(
+            feed(&mut session, kind::STDIN, 1, &[]),
+            Action::Answer { keep_conn: true, work: Work::Refuse(Response { status: 413, .. }), .. }
+        ));
+        // no length: cut at the limit + 1
+        begin(&mut session, 2, true, &[("SMALL", "1")]);
+        assert!(matches!(feed(&mut session, kind::STDIN, 2, b"0123456789"), Action::Nothing));
+        assert!(session.current.as_ref().is_some_and(|p| p.refusal.is_none()));
+        assert!(matches!(feed(&mut session, kind::STDIN, 2, b"x"), Action::Nothing));
+        assert!(matches!(
+            feed(&mut session, kind::STDIN, 2, &[]),
+            Action::Answer { work: Work::Refuse(Response { status: 413, .. }), .. }
+        ));
+        // a handler's limit never lifts the global ceiling
+        let too_long = (MAX_BODY_BYTES + 1).to_string();
+        begin(&mut session, 3, true, &[("CONTENT_LENGTH", &too_long)]);
+        assert!(session.current.as_ref().is_some_and(|p| p.refusal.is_some()));
     }
 
     #[test]

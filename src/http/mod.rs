@@ -101,6 +101,23 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// The application as every front door sees it.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Response;
+
+    /// The largest body this request may carry, decided from its meta-variables before the
+    /// front door reads any of the body, so that a body the application would refuse anyway is
+    /// never held in memory. Front doors apply it through [`body_limit`].
+    fn body_limit(&self, _vars: &HashMap<String, String>) -> usize {
+        MAX_BODY_BYTES
+    }
+}
+
+/// The body limit of a request: the handler's, never above [`MAX_BODY_BYTES`].
+pub fn body_limit(handler: &dyn Handler, vars: &HashMap<String, String>) -> usize {
+    handler.body_limit(vars).min(MAX_BODY_BYTES)
+}
+
+/// The answer to a body over its limit (every front door words it the same).
+pub fn body_too_large(limit: usize) -> Response {
+    Response::text(413, format!("# request body too large: more than {limit} bytes - exit\r\n"))
 }
 
 impl<F> Handler for F

@@ -6,7 +6,7 @@
 //! only moves bytes.
 
 use super::fastcgi::{call_handler, is_timeout, log, pool, survive_accept_error};
-use super::{reason_phrase, Handler, Request, Response, MAX_BODY_BYTES};
+use super::{body_limit, body_too_large, reason_phrase, Handler, Request, Response, MAX_BODY_BYTES};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -60,6 +60,8 @@ pub enum HttpError {
     LengthRequired,
     #[error("request body of {0} bytes is too large")]
     BodyTooLarge(u64),
+    #[error("request body of {0} bytes is over the {1} bytes this request takes")]
+    BodyOverLimit(u64, usize),
     #[error("request path is not valid percent-encoded UTF-8")]
     BadPath,
 }
@@ -69,16 +71,15 @@ impl HttpError {
         match self {
             HttpError::HeadTooLarge => 431,
             HttpError::LengthRequired => 411,
-            HttpError::BodyTooLarge(_) => 413,
+            HttpError::BodyTooLarge(_) | HttpError::BodyOverLimit(..) => 413,
             _ => 400,
         }
     }
 
     fn response(&self) -> Response {
         match self {
-            HttpError::BodyTooLarge(_) => {
-                Response::text(413, "# request body too large - exit\r\n")
-            }
+            HttpError::BodyTooLarge(_) => body_too_large(MAX_BODY_BYTES),
+            HttpError::BodyOverLimit(_, limit) => body_too_large(*limit),
             other => Response::text(other.status(), format!("# {other}\r\n")),
         }
     }
@@ -470,6 +471,9 @@ pub fn run(listen: &str, root: PathBuf, handler: Arc<dyn Handler>) -> io::Result
     }
 }
 
+/// The body limit of requests for static files and unknown paths, which read no body.
+const NON_SCRIPT_BODY_LIMIT: usize = 64 * 1024;
+
 struct Site {
     root: PathBuf,
     handler: Arc<dyn Handler>,
@@ -549,6 +553,13 @@ impl Site {
             Ok(length) => length,
             Err(error) => return connection.refuse(&error),
         };
+        if length > 0 {
+            // refused before reading, so a body the application would refuse is never held
+            let limit = self.body_limit(connection, &head, length);
+            if length > limit {
+                return connection.refuse(&HttpError::BodyOverLimit(length as u64, limit));
+            }
+        }
         if length > connection.buffer.len() && head.expects_continue() {
             connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
@@ -597,6 +608,25 @@ impl Site {
                 connection.send(&reply, &response)
             }
             Route::NotFound => connection.send(&reply, &not_found()),
+        }
+    }
+
+    /// The largest body the request `head` may carry: the handler's limit for a script,
+    /// [`NON_SCRIPT_BODY_LIMIT`] for anything else (nothing else reads a body).
+    fn body_limit(&self, connection: &Connection, head: &RequestHead, length: usize) -> usize {
+        let Some(target) = origin_form(&head.target) else {
+            return NON_SCRIPT_BODY_LIMIT;
+        };
+        let (raw_path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let Ok(path) = percent_decode(raw_path) else {
+            return NON_SCRIPT_BODY_LIMIT;
+        };
+        match route(&path) {
+            Route::Script(script) => {
+                let vars = self.cgi_vars(connection, head, &target, &path, query, script, length);
+                body_limit(&*self.handler, &vars)
+            }
+            _ => NON_SCRIPT_BODY_LIMIT,
         }
     }
 
