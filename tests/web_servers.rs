@@ -252,14 +252,18 @@ fn apache_cgid_stores_a_chunked_backup_like_a_content_length_one() {
 }
 
 #[test]
-fn apache_cgid_refuses_a_chunked_backup_over_maxsize_cleanly() {
+fn apache_cgid_refuses_bodies_over_the_limits_cleanly() {
     let (site, port, server) = cgi_site();
-    // backup/@maxsize of the shipped config.xml is 8 MiB
-    let body = write_body(&site, "big.txt", &backup_body(9 << 20));
-    let reply = curl(port, "PUT", &backup_query(SN, HWID), Some(&body), true);
-    assert_eq!((reply.status, reply.curl_exit), (413, 0), "{reply:?}\n{}", server.logs());
-    assert!(reply.body.starts_with("# request body too large"), "{reply:?}");
-    assert!(reply.elapsed < Duration::from_secs(5), "{reply:?}");
+    // over backup/@maxsize of the shipped config.xml (8 MiB), chunked: no CONTENT_LENGTH
+    let big = write_body(&site, "big.txt", &backup_body(9 << 20));
+    // over the 16 MiB ceiling, with a Content-Length
+    let huge = write_body(&site, "huge.bin", &vec![b'x'; 20 << 20]);
+    for (body, chunked) in [(&big, true), (&huge, false)] {
+        let reply = curl(port, "PUT", &backup_query(SN, HWID), Some(body), chunked);
+        assert_eq!((reply.status, reply.curl_exit), (413, 0), "chunked: {chunked}; {reply:?}\n{}", server.logs());
+        assert!(reply.body.starts_with("# request body too large"), "{reply:?}");
+        assert!(reply.elapsed < Duration::from_secs(5), "{reply:?}");
+    }
     assert!(site.backup(HWID, 0).is_none());
 }
 
