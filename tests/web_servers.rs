@@ -3,7 +3,8 @@
 //! Each server runs as its own instance on a free loopback port with configuration, logs and the
 //! install tree in a temporary directory, configured with the README's deployment block for it.
 //!
-//! - A chunked backup through mod_cgid is stored as a Content-Length one is, answered at once.
+//! - A chunked backup through mod_cgid and mod_cgi is stored as a Content-Length one is, answered
+//!   at once.
 //! - Bodies over the 16 MiB ceiling or over the mode's limit get the binary's clean 413 through
 //!   nginx and Apache (no 502/503 from a backend that closed while the body was still coming).
 //! - mod_proxy_fcgi's `SCRIPT_FILENAME=proxy:fcgi://…` finds the install tree.
@@ -122,15 +123,30 @@ fn backend(site: &Site, port: u16) -> Running {
     Running::start("backend", command, port, vec![site.server_dir().join("backend.log")])
 }
 
+/// Apache with the event MPM and mod_cgid (Debian's default), or with prefork and mod_cgi.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cgi {
+    Cgid,
+    Prefork,
+}
+
 fn apache(site: &Site, port: u16, block: &str) -> Running {
+    apache_with(site, port, block, Cgi::Cgid)
+}
+
+fn apache_with(site: &Site, port: u16, block: &str, cgi: Cgi) -> Running {
     assert!(Path::new(APACHE).exists(), "{APACHE} is missing: these tests need Debian's apache2 (tools/test installs it)");
     let dir = site.server_dir();
-    let modules = ["mpm_event", "authz_core", "alias", "cgid", "env", "mime", "proxy", "proxy_fcgi"]
+    let (mpm, cgi_module, socket) = match cgi {
+        Cgi::Cgid => ("mpm_event", "cgid", format!("ScriptSock {}/cgid.sock\n", dir.display())),
+        Cgi::Prefork => ("mpm_prefork", "cgi", String::new()),
+    };
+    let modules = [mpm, "authz_core", "alias", cgi_module, "env", "mime", "proxy", "proxy_fcgi"]
         .map(|m| format!("LoadModule {m}_module {MODULES}/mod_{m}.so\n"))
         .concat();
     let conf = format!(
         "ServerRoot {dir}\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile {dir}/httpd.pid\n\
-         Mutex file:{dir} default\nScriptSock {dir}/cgid.sock\nErrorLog {dir}/error.log\nLogLevel info\n\
+         Mutex file:{dir} default\n{socket}ErrorLog {dir}/error.log\nLogLevel info\n\
          {modules}TypesConfig /etc/mime.types\nDocumentRoot {www}\n<Directory {www}>\n    Require all granted\n</Directory>\n\n{block}",
         dir = dir.display(),
         www = site.www().display(),
@@ -224,18 +240,31 @@ fn backup_query(sn: &str, hwid: &str) -> String {
 }
 
 fn cgi_site() -> (Site, u16, Running) {
+    cgi_site_with(Cgi::Cgid)
+}
+
+fn cgi_site_with(cgi: Cgi) -> (Site, u16, Running) {
     let site = Site::new();
     let exe = site.tree().join("update-server");
     fs::copy(binary(), &exe).expect("copying the binary into the tree");
     let port = free_port();
     let block = readme_block("### Apache as CGI (mod_cgid)", &site, 0);
-    let server = apache(&site, port, &block);
+    let server = apache_with(&site, port, &block, cgi);
     (site, port, server)
 }
 
 #[test]
 fn apache_cgid_stores_a_chunked_backup_like_a_content_length_one() {
-    let (site, port, server) = cgi_site();
+    chunked_backup_is_stored_like_a_content_length_one(Cgi::Cgid);
+}
+
+#[test]
+fn apache_mod_cgi_stores_a_chunked_backup_like_a_content_length_one() {
+    chunked_backup_is_stored_like_a_content_length_one(Cgi::Prefork);
+}
+
+fn chunked_backup_is_stored_like_a_content_length_one(cgi: Cgi) {
+    let (site, port, server) = cgi_site_with(cgi);
     // larger than a socket buffer, so a server that leaves stdin unread cannot get away with it
     let body = write_body(&site, "backup.txt", &backup_body(300_000));
 
