@@ -52,7 +52,8 @@ impl App {
 
     fn update(&self, request: &Request, root: &Path) -> Response {
         let query = request.var("QUERY_STRING").unwrap_or("");
-        let args = crate::urlenc::parse_query(query);
+        // one spelling of a serial from here on: one device, one state file and one row
+        let args = crate::device::with_canonical_serial(crate::urlenc::parse_query(query));
         let mode = args.iter().find(|(k, _)| k == "mode").map(|(_, v)| v.as_str()).unwrap_or("");
         match mode {
             "" => {}

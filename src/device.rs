@@ -45,20 +45,75 @@ pub fn serial_digits(serial: &str) -> String {
     serial.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase()
 }
 
-/// An innovaphone hwid ends in the last three bytes of the device's serial
-/// (`IP232-3e-0c-57` belongs to `00-90-33-3e-0c-57`).
-pub fn hwid_belongs_to_serial(hwid: &str, serial: &str) -> bool {
+/// The one spelling of a serial that names its state file, certificate files and status row:
+/// lower-case hex pairs joined by `-`, as devices send it with `#m` (`0090330000AB` and
+/// `00:90:33:00:00:ab` are both `00-90-33-00-00-ab`). Anything that is not a serial is
+/// returned unchanged (validation refuses it).
+pub fn canonical_serial(serial: &str) -> String {
+    if !is_serial(serial) {
+        return serial.to_string();
+    }
     let digits = serial_digits(serial);
-    let tail: String = hwid
-        .rsplitn(4, ['-', ':'])
-        .take(3)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("")
-        .to_ascii_lowercase();
-    digits.len() == 12 && tail.len() == 6 && digits.ends_with(&tail)
+    let pairs: Vec<&str> = (0..6).map(|i| &digits[2 * i..2 * i + 2]).collect();
+    pairs.join("-")
+}
+
+/// The request arguments with `sn` in its canonical spelling ([`canonical_serial`]), so that
+/// every spelling of one device reaches the same files.
+pub fn with_canonical_serial(mut args: Vec<(String, String)>) -> Vec<(String, String)> {
+    for (name, value) in args.iter_mut() {
+        if name == "sn" {
+            *value = canonical_serial(value);
+        }
+    }
+    args
+}
+
+/// How a `hwid` relates to a serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HwidBinding {
+    /// An innovaphone hwid (`<model>-xx-xx-xx`) ending in the serial's last three bytes.
+    Belongs,
+    /// An innovaphone hwid naming another device's last three bytes.
+    Contradicts,
+    /// Not of the innovaphone form (a soft client's id, say): it says nothing about the serial.
+    OtherForm,
+}
+
+/// The last three bytes an innovaphone hwid carries (`IP232-3e-0c-57` → `3e0c57`), or None
+/// when the hwid is not `<model>-xx-xx-xx` (a non-empty model, three pairs of hex digits).
+fn innovaphone_hwid_tail(hwid: &str) -> Option<String> {
+    let mut parts = hwid.rsplitn(4, '-');
+    let mut tail = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let pair = parts.next()?;
+        if pair.len() != 2 || !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        tail.push(pair);
+    }
+    let model = parts.next()?;
+    if model.is_empty() {
+        return None;
+    }
+    tail.reverse();
+    Some(tail.concat().to_ascii_lowercase())
+}
+
+/// Whether `hwid` names the device of `serial` (SPEC §3 step 16: an innovaphone hwid ends in
+/// the last three bytes of the device's serial; `IP232-3e-0c-57` belongs to
+/// `00-90-33-3e-0c-57`).
+pub fn hwid_binding(hwid: &str, serial: &str) -> HwidBinding {
+    match innovaphone_hwid_tail(hwid) {
+        None => HwidBinding::OtherForm,
+        Some(tail) if is_serial(serial) && serial_digits(serial).ends_with(&tail) => HwidBinding::Belongs,
+        Some(_) => HwidBinding::Contradicts,
+    }
+}
+
+/// The strict form used with forcetrust: the hwid is an innovaphone hwid of this serial.
+pub fn hwid_belongs_to_serial(hwid: &str, serial: &str) -> bool {
+    hwid_binding(hwid, serial) == HwidBinding::Belongs
 }
 
 fn shown(value: &str) -> String {
@@ -159,6 +214,28 @@ mod tests {
     }
 
     #[test]
+    fn hwid_forms() {
+        assert_eq!(hwid_binding("IP232-3e-0c-57", "00-90-33-3e-0c-57"), HwidBinding::Belongs);
+        assert_eq!(hwid_binding("IP1202-3E-0C-57", "00:90:33:3e:0c:57"), HwidBinding::Belongs);
+        assert_eq!(hwid_binding("IP-DECT-3e-0c-57", "0090333e0c57"), HwidBinding::Belongs);
+        assert_eq!(hwid_binding("IP232-3e-0c-57", "00-90-33-66-66-66"), HwidBinding::Contradicts);
+        assert_eq!(hwid_binding("IP232-3e-0c-57", "not-a-serial"), HwidBinding::Contradicts);
+        for other in ["IP232", "mypbx", "-3e-0c-57", "IP232-3e-0c-5", "IP232-3e-0c-577", "IP232-3e-0x-57", "3e-0c-57", "swphone_0123abcd", ""] {
+            assert_eq!(hwid_binding(other, "00-90-33-3e-0c-57"), HwidBinding::OtherForm, "{other}");
+        }
+    }
+
+    #[test]
+    fn canonical_serials() {
+        for spelling in ["0090330000AB", "0090330000ab", "00:90:33:00:00:ab", "00:90:33:00:00:AB", "00-90-33-00-00-AB", "00-90-33-00-00-ab"] {
+            assert_eq!(canonical_serial(spelling), "00-90-33-00-00-ab", "{spelling}");
+        }
+        assert_eq!(canonical_serial("../x"), "../x", "not a serial: left for validation to refuse");
+        let args = vec![("sn".to_string(), "0090330000AB".to_string()), ("hwid".to_string(), "IP232-00-00-AB".to_string())];
+        assert_eq!(with_canonical_serial(args)[..], [("sn".into(), "00-90-33-00-00-ab".into()), ("hwid".into(), "IP232-00-00-AB".into())]);
+    }
+
+    #[test]
     fn validation_refuses_traversal() {
         let args = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         assert!(validate(&args("sn", "../x")).is_err());
@@ -180,6 +257,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn canonical_serials_are_serials_and_stable(digits in "[0-9a-fA-F]{12}", separator in "[-:]?") {
+            let spelled = if separator.is_empty() { digits.clone() } else {
+                (0..6).map(|i| &digits[2 * i..2 * i + 2]).collect::<Vec<_>>().join(&separator)
+            };
+            let canonical = canonical_serial(&spelled);
+            prop_assert!(is_serial(&canonical));
+            prop_assert_eq!(canonical_serial(&canonical), canonical.clone());
+            prop_assert_eq!(serial_digits(&canonical), digits.to_ascii_lowercase());
+        }
+
         #[test]
         fn a_valid_serial_or_token_never_leaves_its_folder(s in "\\PC{0,80}") {
             if is_serial(&s) || is_plain_token(&s) {

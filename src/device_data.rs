@@ -63,6 +63,13 @@ pub fn handle(mode: &str, root: &Path, config: &Config, request: &DataRequest) -
     let Some(serial) = request.arg("sn") else {
         return refuse(400, "missing argument sn");
     };
+    // an innovaphone hwid names its device: a request naming another device's hwid must not
+    // touch that device's backups (nor anything else), whoever sends it
+    if let Some(hwid) = request.arg("hwid") {
+        if crate::device::hwid_binding(hwid, serial) == crate::device::HwidBinding::Contradicts {
+            return refuse(403, format!("hwid '{hwid}' does not belong to serial '{serial}'"));
+        }
+    }
     let limit = body_limit(mode, config);
     if request.body.len() > limit {
         return refuse(413, format!("body of {} bytes is larger than the {limit} bytes allowed", request.body.len()));

@@ -137,10 +137,12 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
     let Some(part) = part else {
         return message(400, Some(&config), Some(session), "Upload failed", "No certificate file in the form.".into());
     };
-    let sn = part.name.trim_start_matches("cert-");
-    if !crate::device::is_serial(sn) {
+    let row_sn = part.name.trim_start_matches("cert-");
+    if !crate::device::is_serial(row_sn) {
         return message(400, Some(&config), Some(session), "Upload failed", "The form names no valid serial number.".into());
     }
+    // the device looks for its certificate under the canonical spelling of its serial
+    let sn = &crate::device::canonical_serial(row_sn);
     let Some(dir) = super::status::cert_dir(&config) else {
         return message(404, Some(&config), Some(session), "Upload failed", "Certificate handling (customcerts/@dir) is not enabled in the configuration.".into());
     };
@@ -158,7 +160,7 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
         eprintln!("update-server: upload: cannot store {dir}/{sn}-signedrequest.cer: {error}");
         return message(500, Some(&config), Some(session), "Upload failed", format!("Cannot store {dir}/{sn}-signedrequest.cer: {error}"));
     }
-    super::redirect(&proceed_to(&site, site.arg("proceed"), sn))
+    super::redirect(&proceed_to(&site, site.arg("proceed"), row_sn))
 }
 
 #[cfg(test)]
