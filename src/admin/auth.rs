@@ -1,6 +1,12 @@
 //! Who may use the admin page: the credentials of `master/@user` and `master/@password`
 //! (plain, bcrypt or argon2), the refusal of the shipped default, and the throttling of wrong
-//! passwords (per client address and for everybody), kept under `cache/`.
+//! passwords, kept under `cache/`.
+//!
+//! The throttle never lets failures from elsewhere lock the right password out: a source (an
+//! IPv4 address, an IPv6 /64) waits only for its own failures. Many failures in all, or for one
+//! user name, make every source's budget smaller (one try per window instead of
+//! [`PER_SOURCE_LIMIT`]), which slows a distributed guesser down without denying anybody's
+//! first try. Every failure ages out after [`WINDOW_SECS`], so every wait ends by itself.
 
 use super::session::{constant_time_eq, digest};
 use std::fs;
@@ -11,11 +17,20 @@ use std::path::Path;
 /// The password `config.xml` ships with; never accepted.
 pub const SHIPPED_PASSWORD: &str = "password";
 
-/// Failures of one client address within [`WINDOW_SECS`] before it has to wait.
-pub const PER_CLIENT_LIMIT: usize = 5;
-/// Failures of all clients together within [`WINDOW_SECS`] before everybody has to wait.
-pub const GLOBAL_LIMIT: usize = 50;
+/// Failures of one source within [`WINDOW_SECS`] before it has to wait.
+pub const PER_SOURCE_LIMIT: usize = 5;
+/// Failures of all sources together within the window from which on every source gets one try
+/// per window (a distributed guess, or a record under attack).
+pub const GLOBAL_CEILING: usize = 50;
+/// Failures for one user name (from all sources) from which on the same holds.
+pub const PER_USER_CEILING: usize = 20;
+/// How long a failure counts. Also the longest anybody ever waits.
 pub const WINDOW_SECS: i64 = 15 * 60;
+/// The most failures the record keeps (the oldest go first): a bound on its size (about
+/// 60 bytes a line) whatever an attacker sends.
+pub const MAX_RECORDED: usize = 10_000;
+/// The record, relative to the install root (named on the page and in the README).
+pub const FAILURE_RECORD: &str = "cache/admin-login-failures";
 
 /// How the configured credentials let people in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,16 +90,86 @@ fn verify_argon2(hash: &str, password: &str) -> bool {
     }
 }
 
-/// The wrong-password record: `cache/admin-login-failures`, one `EPOCH ADDRESS` line per
-/// failure within the window, changed under an exclusive lock on `cache/admin-login.lock`.
-struct Failures {
-    lock: fs::File,
-    path: std::path::PathBuf,
-    entries: Vec<(i64, String)>,
+/// Who a failure is counted against: the address, with an IPv6 address reduced to its /64
+/// (one host usually has a whole /64 to pick addresses from) and an IPv4-mapped one to IPv4.
+pub fn source_of(address: &str) -> String {
+    match address.trim().parse::<std::net::IpAddr>().map(crate::net::normalize) {
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        // not an address (a web server that sends something else): a safe token of it
+        Err(_) => address.chars().filter(|c| c.is_ascii_graphic()).take(64).collect::<String>(),
+    }
 }
 
-impl Failures {
-    fn open(root: &Path, now: i64) -> io::Result<Failures> {
+/// A user name as the record keeps it: a short digest (the user field may hold a mistyped
+/// password, which must not end up in a file in clear).
+fn user_tag(user: &str) -> String {
+    digest(&format!("admin-login-user\0{user}"))[..16].to_string()
+}
+
+/// One wrong login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    time: i64,
+    source: String,
+    user: String,
+}
+
+/// The lines of the record that still count at `now`: `EPOCH SOURCE USER-TAG` (older files
+/// have no tag); unreadable lines, expired failures and ones from the future are dropped.
+fn parse_record(text: &str, now: i64) -> Vec<Failure> {
+    let mut failures: Vec<Failure> = text
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let time = words.next()?.parse::<i64>().ok()?;
+            let source = words.next()?.to_string();
+            let user = words.next().unwrap_or("").to_string();
+            Some(Failure { time, source, user })
+        })
+        .filter(|f| counts_at(f.time, now))
+        .collect();
+    failures.sort_by_key(|f| f.time);
+    let excess = failures.len().saturating_sub(MAX_RECORDED);
+    failures.drain(..excess);
+    failures
+}
+
+/// Whether a failure at `time` still counts at `now` (a clock set back by more than a minute
+/// must not make old failures count for ever).
+fn counts_at(time: i64, now: i64) -> bool {
+    now - time < WINDOW_SECS && time <= now + 60
+}
+
+/// Seconds `source` has to wait before it may try `user` again (None: it may try now).
+fn wait(failures: &[Failure], source: &str, user: &str, now: i64) -> Option<i64> {
+    let failures: Vec<&Failure> = failures.iter().filter(|f| counts_at(f.time, now)).collect();
+    let for_user = failures.iter().filter(|f| f.user == user).count();
+    let under_pressure = failures.len() >= GLOBAL_CEILING || for_user >= PER_USER_CEILING;
+    let limit = if under_pressure { 1 } else { PER_SOURCE_LIMIT };
+    let mut mine: Vec<i64> = failures.iter().filter(|f| f.source == source).map(|f| f.time).collect();
+    mine.sort_unstable();
+    if mine.len() < limit {
+        return None;
+    }
+    // the failure that has to age out before one more try
+    let deciding = mine[mine.len() - limit];
+    Some((deciding + WINDOW_SECS - now).clamp(1, WINDOW_SECS + 60))
+}
+
+/// The wrong-password record ([`FAILURE_RECORD`]), changed under an exclusive lock on
+/// `cache/admin-login.lock`.
+struct Record {
+    lock: fs::File,
+    path: std::path::PathBuf,
+    failures: Vec<Failure>,
+}
+
+impl Record {
+    fn open(root: &Path, now: i64) -> io::Result<Record> {
         let dir = root.join("cache");
         fs::create_dir_all(&dir)?;
         let lock = fs::File::options().read(true).write(true).create(true).truncate(false).open(dir.join("admin-login.lock"))?;
@@ -92,49 +177,32 @@ impl Failures {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let path = dir.join("admin-login-failures");
-        let entries = fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let (time, address) = line.split_once(' ')?;
-                Some((time.parse::<i64>().ok()?, address.to_string()))
-            })
-            .filter(|(time, _)| now - time < WINDOW_SECS && *time <= now + 60)
-            .collect();
-        Ok(Failures { lock, path, entries })
+        let path = root.join(FAILURE_RECORD);
+        let failures = match fs::read(&path) {
+            Ok(bytes) => parse_record(&String::from_utf8_lossy(&bytes), now),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Record { lock, path, failures })
     }
 
     fn save(&self) -> io::Result<()> {
+        if self.failures.is_empty() {
+            // nothing counts any more: no file left behind to wonder about
+            return match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
         let mut text = Vec::new();
-        for (time, address) in &self.entries {
-            writeln!(text, "{time} {address}")?;
+        for failure in &self.failures {
+            writeln!(text, "{} {} {}", failure.time, failure.source, failure.user)?;
         }
         crate::state::write_file(&self.path, &text, crate::state::Durability::Renamed)
     }
-
-    /// Seconds to wait before `address` may try again (None: it may try now).
-    fn wait(&self, address: &str, now: i64) -> Option<i64> {
-        let mine: Vec<i64> = self.entries.iter().filter(|(_, a)| a == address).map(|(t, _)| *t).collect();
-        let all: Vec<i64> = self.entries.iter().map(|(t, _)| *t).collect();
-        let wait_for = |times: &[i64], limit: usize| -> Option<i64> {
-            if times.len() < limit {
-                return None;
-            }
-            // the failure that has to age out of the window before one more try is allowed
-            let mut sorted = times.to_vec();
-            sorted.sort_unstable();
-            let deciding = sorted[sorted.len() - limit];
-            Some((deciding + WINDOW_SECS - now).max(1))
-        };
-        match (wait_for(&mine, PER_CLIENT_LIMIT), wait_for(&all, GLOBAL_LIMIT)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
 }
 
-impl Drop for Failures {
+impl Drop for Record {
     fn drop(&mut self) {
         // SAFETY: unlocking our own, still open descriptor.
         unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
@@ -146,33 +214,40 @@ impl Drop for Failures {
 pub enum Attempt {
     Accepted,
     Refused,
-    /// Too many wrong passwords: try again after this many seconds (the password was not
-    /// even looked at).
+    /// Too many wrong passwords from this source: try again after this many seconds (the
+    /// password was not even looked at).
     Throttled(i64),
+    /// The failure record cannot be kept (cache/ not writable): no password is checked, since
+    /// without the record there would be no limit on guessing.
+    NoRecord(String),
 }
 
-/// Checks a login attempt from `address`, with the throttle around it.
-pub fn attempt(root: &Path, address: &str, now: i64, check: impl FnOnce() -> bool) -> Attempt {
-    let failures = match Failures::open(root, now) {
-        Ok(failures) => failures,
-        // without the record no throttle can be kept: refuse rather than allow unlimited tries
+/// Checks a login attempt of `user` from `address`, with the throttle around it.
+pub fn attempt(root: &Path, address: &str, user: &str, now: i64, check: impl FnOnce() -> bool) -> Attempt {
+    let mut record = match Record::open(root, now) {
+        Ok(record) => record,
         Err(error) => {
             eprintln!("update-server: admin login: cannot keep the failure record under cache/: {error}");
-            return Attempt::Throttled(60);
+            return Attempt::NoRecord(error.to_string());
         }
     };
-    if let Some(wait) = failures.wait(address, now) {
+    let source = source_of(address);
+    let user = user_tag(user);
+    if let Some(wait) = wait(&record.failures, &source, &user, now) {
         return Attempt::Throttled(wait);
     }
-    let mut failures = failures;
     if check() {
-        failures.entries.retain(|(_, a)| a != address);
-        let _ = failures.save();
+        record.failures.retain(|f| f.source != source);
+        if let Err(error) = record.save() {
+            eprintln!("update-server: admin login: cannot update {FAILURE_RECORD}: {error}");
+        }
         Attempt::Accepted
     } else {
-        failures.entries.push((now, address.to_string()));
-        if let Err(error) = failures.save() {
-            eprintln!("update-server: admin login: cannot record a failure under cache/: {error}");
+        record.failures.push(Failure { time: now, source, user });
+        let excess = record.failures.len().saturating_sub(MAX_RECORDED);
+        record.failures.drain(..excess);
+        if let Err(error) = record.save() {
+            eprintln!("update-server: admin login: cannot record a failure in {FAILURE_RECORD}: {error}");
         }
         Attempt::Refused
     }
@@ -211,20 +286,69 @@ mod tests {
         argon2::Argon2::default().hash_password_with_salt(password.as_bytes(), b"some salt here").unwrap().to_string()
     }
 
+    const NOW: i64 = 1_700_000_000;
+
+    fn fail(source: &str, user: &str, time: i64) -> Failure {
+        Failure { time, source: source.into(), user: user_tag(user) }
+    }
+
     #[test]
-    fn wrong_passwords_are_throttled_per_client_and_globally() {
+    fn a_source_waits_for_its_own_failures_only() {
+        let mut failures: Vec<Failure> = (0..PER_SOURCE_LIMIT as i64).map(|i| fail("10.0.0.1", "admin", NOW + i)).collect();
+        assert_eq!(wait(&failures, "10.0.0.1", &user_tag("admin"), NOW + 10), Some(WINDOW_SECS - 10), "the oldest failure has to age out");
+        assert_eq!(wait(&failures, "10.0.0.2", &user_tag("admin"), NOW + 10), None);
+        assert_eq!(wait(&failures, "10.0.0.1", &user_tag("admin"), NOW + WINDOW_SECS + 10), None, "every failure has aged out");
+        failures.remove(0);
+        assert_eq!(wait(&failures, "10.0.0.1", &user_tag("admin"), NOW + 10), None, "four failures leave one try");
+    }
+
+    #[test]
+    fn pressure_slows_every_source_down_but_never_denies_a_first_try() {
+        let distributed: Vec<Failure> = (0..GLOBAL_CEILING).map(|i| fail(&format!("10.1.0.{i}"), "root", NOW)).collect();
+        assert_eq!(wait(&distributed, "10.9.9.9", &user_tag("admin"), NOW + 1), None, "a fresh source tries");
+        assert!(wait(&distributed, "10.1.0.7", &user_tag("admin"), NOW + 1).is_some(), "one failure is a source's whole budget now");
+        let on_one_user: Vec<Failure> = (0..PER_USER_CEILING).map(|i| fail(&format!("10.2.0.{i}"), "admin", NOW)).collect();
+        assert_eq!(wait(&on_one_user, "10.9.9.9", &user_tag("admin"), NOW + 1), None);
+        assert!(wait(&on_one_user, "10.2.0.3", &user_tag("admin"), NOW + 1).is_some());
+        let below: Vec<Failure> = on_one_user[1..].to_vec();
+        assert_eq!(wait(&below, "10.2.0.3", &user_tag("admin"), NOW + 1), None, "below the ceilings a source has five tries");
+    }
+
+    #[test]
+    fn the_record_drops_what_no_longer_counts() {
+        let text = format!(
+            "{old} 10.0.0.1\n{recent} 10.0.0.2 abc\ngarbage\n\n{future} 10.0.0.3 abc\n{edge} 10.0.0.4\n",
+            old = NOW - WINDOW_SECS,
+            recent = NOW - 5,
+            future = NOW + 3600,
+            edge = NOW + 30
+        );
+        let failures = parse_record(&text, NOW);
+        let sources: Vec<&str> = failures.iter().map(|f| f.source.as_str()).collect();
+        assert_eq!(sources, ["10.0.0.2", "10.0.0.4"]);
+        assert_eq!(failures[0].user, "abc");
+        let many: String = (0..MAX_RECORDED + 5).map(|i| format!("{} 10.3.{}.{}\n", NOW - 1, i / 250, i % 250)).collect();
+        assert_eq!(parse_record(&many, NOW).len(), MAX_RECORDED);
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(source_of("192.0.2.7"), "192.0.2.7");
+        assert_eq!(source_of("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(source_of("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(source_of("2001:db8:1:2::99"), "2001:db8:1:2::/64");
+        assert_eq!(source_of("not an\naddress"), "notanaddress");
+    }
+
+    #[test]
+    fn attempts_keep_the_record() {
         let dir = tempfile::tempdir().unwrap();
-        let now = 1_700_000_000;
-        for i in 0..PER_CLIENT_LIMIT {
-            assert_eq!(attempt(dir.path(), "10.0.0.1", now + i as i64, || false), Attempt::Refused);
+        for i in 0..PER_SOURCE_LIMIT as i64 {
+            assert_eq!(attempt(dir.path(), "10.0.0.1", "admin", NOW + i, || false), Attempt::Refused);
         }
-        let throttled = attempt(dir.path(), "10.0.0.1", now + 10, || true);
-        assert!(matches!(throttled, Attempt::Throttled(w) if w > 0 && w <= WINDOW_SECS));
-        assert_eq!(attempt(dir.path(), "10.0.0.2", now + 10, || true), Attempt::Accepted, "others may still log in");
-        assert_eq!(attempt(dir.path(), "10.0.0.1", now + WINDOW_SECS + 10, || true), Attempt::Accepted, "the lock ends");
-        for i in 0..GLOBAL_LIMIT {
-            let _ = attempt(dir.path(), &format!("10.1.{}.{}", i / 200, i % 200), now + 2 * WINDOW_SECS, || false);
-        }
-        assert!(matches!(attempt(dir.path(), "10.9.9.9", now + 2 * WINDOW_SECS + 1, || true), Attempt::Throttled(_)));
+        assert!(matches!(attempt(dir.path(), "10.0.0.1", "admin", NOW + 10, || true), Attempt::Throttled(w) if w > 0 && w <= WINDOW_SECS));
+        assert_eq!(attempt(dir.path(), "10.0.0.2", "admin", NOW + 10, || true), Attempt::Accepted, "others may still log in");
+        assert_eq!(attempt(dir.path(), "10.0.0.1", "admin", NOW + WINDOW_SECS + 10, || true), Attempt::Accepted, "the wait ends");
+        assert!(!dir.path().join(FAILURE_RECORD).exists(), "an empty record leaves no file");
     }
 }

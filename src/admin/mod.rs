@@ -390,7 +390,7 @@ fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>
     }
     if let Some(wait) = retry_after {
         form = false;
-        errors.push(format!("Too many wrong passwords: try again in {} minute(s).", (wait + 59) / 60));
+        errors.push(throttle_message(wait));
     }
     let template = templates::LoginPage { page: &page, notices, errors, form, user: site.arg("user").unwrap_or("").chars().take(64).collect(), https_url };
     let mut response = render(status, &template);
@@ -398,6 +398,20 @@ fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>
         response.headers.push(("Retry-After".into(), wait.to_string()));
     }
     response
+}
+
+/// What a throttled login is told: how long the wait still is, that it ends by itself, and how
+/// an administrator ends it at once.
+fn throttle_message(wait_secs: i64) -> String {
+    let minutes = (wait_secs + 59) / 60;
+    let plural = if minutes == 1 { "" } else { "s" };
+    format!(
+        "Too many wrong passwords: try again in {minutes} minute{plural}. \
+         The wait ends by itself (each wrong password counts for {} minutes); an administrator \
+         can end it at once by deleting {} on the server.",
+        auth::WINDOW_SECS / 60,
+        auth::FAILURE_RECORD
+    )
 }
 
 fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64) -> Response {
@@ -413,7 +427,9 @@ fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64)
     }
     let user = site.form.iter().find(|(k, _)| k == "user").map_or("", |(_, v)| v.as_str());
     let password = site.form.iter().find(|(k, _)| k == "pw").map_or("", |(_, v)| v.as_str());
-    let outcome = auth::attempt(root, &site.remote_addr, now, || auth::verify(&config.master.user, &config.master.password, user, password));
+    // behind a trusted reverse proxy the failures count against the client, not the proxy
+    let client = crate::device::origin(&site.remote_addr, request.var("HTTP_X_FORWARDED_FOR"), &config.trusted_proxies).ip;
+    let outcome = auth::attempt(root, &client, user, now, || auth::verify(&config.master.user, &config.master.password, user, password));
     match outcome {
         auth::Attempt::Accepted => {
             let credentials = auth::fingerprint(&config.master.user, &config.master.password);
@@ -436,6 +452,10 @@ fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64)
         }
         auth::Attempt::Refused => login_page(site, config, 403, vec!["Wrong user or password.".into()], None),
         auth::Attempt::Throttled(wait) => login_page(site, config, 429, Vec::new(), Some(wait)),
+        auth::Attempt::NoRecord(error) => {
+            let text = format!("Logins are off: the record of wrong passwords cannot be kept under cache/ ({error}). Make cache/ writable for the server.");
+            login_page(site, config, 503, vec![text], None)
+        }
     }
 }
 
