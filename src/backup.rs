@@ -70,6 +70,7 @@ pub fn store(root: &Path, backup: &Backup, hwid: &str, body: &str, now: i64) -> 
     }
     let folder = root.join(&backup.dir).join(hwid);
     let existing = stored(&folder, hwid);
+    remove_stale_temporaries(&folder, now);
     if let Some(newest) = existing.last() {
         if std::fs::read(&newest.path).is_ok_and(|old| old == content.as_bytes()) {
             let time = std::fs::metadata(&newest.path)
@@ -103,6 +104,16 @@ pub fn store(root: &Path, backup: &Backup, hwid: &str, body: &str, now: i64) -> 
     Ok(Outcome::Stored { path, removed })
 }
 
+/// Takes away what a process killed in the middle of writing a backup of this device left in
+/// its folder (the hourly cleanup looks only at the status folder).
+fn remove_stale_temporaries(folder: &Path, now: i64) {
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        if crate::state::is_stale_temporary(&entry, now) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +140,22 @@ mod tests {
         assert_eq!(left, [1, 2, 3]);
         assert!(matches!(store(dir.path(), &b, "IP232-3e-0c-57", "d\r\n", crate::clock::now()).unwrap(), Outcome::Unchanged { .. }));
         assert_eq!(store(dir.path(), &b, "IP232-3e-0c-57", "\r\n\r\n", 2000).unwrap(), Outcome::Empty);
+    }
+
+    #[test]
+    fn a_backup_takes_away_stale_temporaries_of_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("backup/X");
+        std::fs::create_dir_all(&folder).unwrap();
+        let stale = folder.join(".X.3.txt.4242.0.tmp");
+        let fresh = folder.join(".X.3.txt.4242.1.tmp");
+        std::fs::write(&stale, "half").unwrap();
+        std::fs::write(&fresh, "in progress").unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(hour_ago).unwrap();
+        store(dir.path(), &config(3), "X", "config change CMD0 /name x", crate::clock::now()).unwrap();
+        assert!(!stale.exists(), "left by a killed writer: removed");
+        assert!(fresh.exists(), "maybe a write in progress: kept");
     }
 
     #[test]

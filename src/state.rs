@@ -183,6 +183,22 @@ pub fn write_file(path: &Path, data: &[u8], durability: Durability) -> io::Resul
     result
 }
 
+/// How old a temporary file of [`write_file`] must be before a cleanup takes it away: far
+/// longer than any write takes, so a write in progress (in another process) is never hit.
+pub const STALE_TEMPORARY_SECS: i64 = 3600;
+
+/// Whether `entry` is a temporary file of [`write_file`] (`.<name>.<pid>.<n>.tmp`) old enough
+/// to be one left behind by a process killed in the middle of a write.
+pub fn is_stale_temporary(entry: &fs::DirEntry, now: i64) -> bool {
+    entry.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        && entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map(crate::clock::epoch_of)
+            .is_some_and(|t| now - t > STALE_TEMPORARY_SECS)
+}
+
 /// The `device` element, created when missing.
 pub fn device(state: &mut Element) -> &mut Element {
     state.child_or_insert("device")
@@ -274,14 +290,7 @@ pub fn cleanup_expired(status_dir: &Path, now: i64, expire_secs: i64) {
     for entry in entries.flatten() {
         let path = entry.path();
         // a temporary file left by a process that was killed in the middle of a write
-        let is_stale_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
-            && entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .map(crate::clock::epoch_of)
-                .is_some_and(|t| now - t > 3600);
-        if is_stale_temp {
+        if is_stale_temporary(&entry, now) {
             let _ = fs::remove_file(&path);
             continue;
         }
