@@ -196,7 +196,8 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
     }
     let last = phases.len() - 1;
     let old_seq = phases[last].seq;
-    phases[last].seq += 1;
+    // saturating: a seq of i64::MAX must not overflow (found by fuzz/config_merge)
+    phases[last].seq = phases[last].seq.saturating_add(1);
     let user_times = user.child("times");
     let user_allow = user_times.and_then(|t| t.attr("allow")).is_some_and(|a| !a.trim().is_empty());
     let user_forcestaging = user_times.and_then(|t| t.attr("forcestaging")) == Some("true");
@@ -421,6 +422,12 @@ mod tests {
         assert_eq!(ids, [("_first_update", 200, "update"), ("update", 201, "update")]);
         let c = with_user("<config><times allow='22:00-05:00'/></config>").unwrap();
         assert_eq!(c.phases.len(), 1);
+    }
+
+    #[test]
+    fn the_largest_seq_does_not_overflow() {
+        let c = with_user("<config><phases><phase id='update' seq='9223372036854775807'/></phases></config>").unwrap();
+        assert_eq!(c.phases.last().map(|p| p.seq), Some(i64::MAX));
     }
 
     #[test]
