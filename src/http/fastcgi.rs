@@ -1242,6 +1242,10 @@ pub(crate) mod pool {
     }
 }
 
+/// The record stream without sockets, for the fuzz target in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use super::*;
