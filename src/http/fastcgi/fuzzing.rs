@@ -1,24 +1,44 @@
 //! The FastCGI record stream as `serve_connection` frames it, fed to a [`Session`] without a
 //! socket, so a fuzzer can drive the protocol state machine at full speed. The application is
-//! an echo; its answers go through the real response encoder.
+//! an echo with a small body limit (so refusals are reached with short inputs); its answers go
+//! through the real response encoder.
 //!
 //! Besides "never panics", every step is checked against what the protocol promises: records
 //! we write parse back and stay within the record size, an answer names a request the peer
 //! began, a request reaches the application with exactly the STDIN bytes the peer sent for it
-//! and never with more than [`MAX_BODY_BYTES`], and a refusal is a 4xx answer.
+//! and never with more than the limit the application set for it, and a refusal is a 4xx
+//! answer.
 
 use super::{
     encode_response, kind, parse_record_header, Action, RecordHeader, Session, Work, HEADER_LEN,
     MAX_CONTENT_LEN,
 };
-use crate::http::{Response, MAX_BODY_BYTES};
+use crate::http::{body_limit, Handler, Request, Response, MAX_BODY_BYTES};
 use std::collections::HashMap;
+
+/// Echoes the body; takes 1 KiB, or the front door's ceiling for a backup.
+struct Echo;
+
+impl Handler for Echo {
+    fn handle(&self, request: Request) -> Response {
+        Response::text(200, request.body)
+    }
+
+    fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+        let backup = vars.get("QUERY_STRING").is_some_and(|q| q.contains("mode=backup"));
+        if backup {
+            MAX_BODY_BYTES
+        } else {
+            1024
+        }
+    }
+}
 
 /// Feeds `input` to one connection's session record by record until the stream ends, is
 /// truncated, breaks the protocol, or a request without FCGI_KEEP_CONN has been answered.
 /// Panics when the session breaks one of the promises above.
 pub fn record_stream(mut input: &[u8]) {
-    let mut session = Session::new(4);
+    let mut session = Session::with_limits(4, &Echo);
     // STDIN bytes sent per request id since its last BEGIN_REQUEST (what the application must
     // receive if that request is answered by it)
     let mut sent_body: HashMap<u16, Vec<u8>> = HashMap::new();
@@ -66,9 +86,10 @@ pub fn record_stream(mut input: &[u8]) {
                     .unwrap_or_else(|| panic!("answer for request {request_id}, never begun"));
                 let response = match work {
                     Work::Handle(request) => {
-                        assert!(request.body.len() <= MAX_BODY_BYTES, "body over the limit");
+                        let limit = body_limit(&Echo, &request.vars);
+                        assert!(request.body.len() <= limit, "body over the limit");
                         assert!(request.body == sent, "the application got other bytes than were sent");
-                        Response::text(200, request.body)
+                        Echo.handle(request)
                     }
                     Work::Refuse(response) => {
                         assert!((400..500).contains(&response.status), "refusal {}", response.status);
