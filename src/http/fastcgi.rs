@@ -3,9 +3,12 @@
 //!
 //! Layout: the wire format (record headers, name-value pairs) is pure and never panics; a
 //! [`Session`] turns records into actions without doing I/O; `serve_connection` drives a session
-//! over a socket; the accept loops hand connections to a [`pool::ConnectionPool`] that the
-//! built-in HTTP listener shares.
+//! over a socket; [`connections`] accepts, caps and times out connections as it does for the
+//! built-in HTTP listener.
 
+use super::connections::{
+    self, body_time, is_timeout, Deadline, DeadlineReader, Phase, Slot, HEAD_TIME,
+};
 use super::{body_limit, body_too_large, Handler, Request, Response, MAX_BODY_BYTES};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -320,8 +323,21 @@ impl<'h> Session<'h> {
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.current.is_none()
+    /// What the connection is doing as far as the records received so far tell.
+    fn phase(&self) -> Phase {
+        match &self.current {
+            None => Phase::Idle,
+            Some(pending) if pending.vars.is_none() && pending.refusal.is_none() => Phase::Head,
+            Some(_) => Phase::Body,
+        }
+    }
+
+    /// CONTENT_LENGTH of the request being received (0 if none or unknown).
+    fn declared_body_length(&self) -> u64 {
+        self.current
+            .as_ref()
+            .and_then(|pending| pending.vars.as_ref())
+            .map_or(0, |vars| declared_length(vars) as u64)
     }
 
     fn on_record(&mut self, header: &RecordHeader, content: &[u8]) -> Action {
@@ -580,13 +596,12 @@ fn declared_length(vars: &HashMap<String, String>) -> usize {
 // Connections
 // ---------------------------------------------------------------------------------------------
 
-/// Time a peer may stall in the middle of a request before we give up on it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time an idle kept-alive connection may wait for its next request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Connections served at once; further ones wait in the pool's queue. Also what
-/// FCGI_MAX_CONNS / FCGI_MAX_REQS report.
-const MAX_CONNECTIONS: usize = 256;
+/// Time a write of our answer may stall before we give up on the peer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an idle kept-alive connection may wait for its next request. Only web servers with a
+/// pool of kept-alive connections (nginx `keepalive`, Apache `enablereuse`) keep them; they
+/// notice the close and open a new one.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An accepted connection of either socket family.
 #[derive(Debug)]
@@ -595,7 +610,7 @@ pub(crate) enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
+impl connections::Socket for Stream {
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
@@ -603,6 +618,15 @@ impl Stream {
         }
     }
 
+    fn close_now(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl Stream {
     fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(Some(timeout)),
@@ -657,29 +681,17 @@ enum ConnectionError {
 /// What the connection needs from the rest of the server.
 struct Service {
     handler: Arc<dyn Handler>,
-    gate: Arc<pool::Gate>,
+    gate: pool::Gate,
     /// FCGI_WEB_SERVER_ADDRS: if set, TCP peers not listed are turned away.
     allowed_peers: Option<Vec<IpAddr>>,
 }
 
 impl Service {
-    fn serve(&self, stream: Stream) {
-        if !self.peer_allowed(&stream) {
-            log(
-                "fastcgi",
-                "connection from an address not in FCGI_WEB_SERVER_ADDRS refused",
-            );
-            return;
-        }
-        // a new connection is opened to send a request right away (lighttpd opens one per
-        // request), so it starts on the request time-out; only a kept-alive connection waits
-        // idle between requests
-        let ready = stream
-            .set_read_timeout(REQUEST_TIMEOUT)
-            .and_then(|()| stream.set_write_timeout(REQUEST_TIMEOUT));
-        let result = ready
+    fn serve(&self, stream: &Stream, slot: &Slot) {
+        let result = stream
+            .set_write_timeout(WRITE_TIMEOUT)
             .map_err(ConnectionError::from)
-            .and_then(|()| serve_connection(&stream, &*self.handler, &self.gate));
+            .and_then(|()| serve_connection(stream, &*self.handler, &self.gate, slot));
         if let Err(error) = result {
             log("fastcgi", &format!("connection closed: {error}"));
         }
@@ -702,25 +714,41 @@ fn allowed_peers_from_env() -> Option<Vec<IpAddr>> {
     )
 }
 
-/// Serves FastCGI requests on one connection until the peer closes it, the protocol breaks, or
-/// a request without FCGI_KEEP_CONN has been answered.
+/// Serves FastCGI requests on one connection until the peer closes it, the protocol breaks, a
+/// request without FCGI_KEEP_CONN has been answered, a deadline passes, or the connection is
+/// closed to make room for another (see [`connections`]).
+///
+/// Deadlines: a new connection's first request must have its PARAMS complete within
+/// [`HEAD_TIME`] of the connection; a kept-alive one may wait [`IDLE_TIMEOUT`] for its next
+/// request, which then has [`HEAD_TIME`] from its first byte; the body has [`body_time`] of
+/// its CONTENT_LENGTH from the end of PARAMS.
 fn serve_connection(
     stream: &Stream,
     handler: &dyn Handler,
     gate: &pool::Gate,
+    slot: &Slot,
 ) -> Result<(), ConnectionError> {
-    let mut reader = BufReader::with_capacity(16 * 1024, stream);
-    let mut session = Session::with_limits(MAX_CONNECTIONS, handler);
+    let source = DeadlineReader {
+        stream,
+        deadline: Deadline::after(HEAD_TIME),
+    };
+    let mut reader = BufReader::with_capacity(16 * 1024, source);
+    let mut session = Session::with_limits(slot.cap(), handler);
     // grown to the largest record seen; most records are far smaller than the 64 KiB maximum
     let mut content: Vec<u8> = Vec::with_capacity(4096);
-    let mut idle = false;
+    // a new connection: its first request is on its way
+    let mut phase = Phase::Head;
     loop {
-        let Some(header) = read_header(&mut reader, idle)? else {
+        let between_requests = session.phase() == Phase::Idle;
+        let Some(header) = read_header(&mut reader, between_requests)? else {
             return Ok(());
         };
-        if idle {
-            stream.set_read_timeout(REQUEST_TIMEOUT)?;
-            idle = false;
+        if phase == Phase::Idle {
+            if !slot.enter(Phase::Head) {
+                return Ok(());
+            }
+            reader.get_mut().deadline = Deadline::after(HEAD_TIME);
+            phase = Phase::Head;
         }
         let length = usize::from(header.content_length);
         let record_len = length + usize::from(header.padding_length);
@@ -741,6 +769,9 @@ fn serve_connection(
                 keep_conn,
                 work,
             } => {
+                if !slot.enter(Phase::Busy) {
+                    return Ok(());
+                }
                 let response = match work {
                     Work::Handle(request) => call_handler(handler, gate, request, "fastcgi"),
                     Work::Refuse(response) => response,
@@ -752,9 +783,20 @@ fn serve_connection(
             }
             Action::Fail(error) => return Err(error.into()),
         }
-        if session.is_idle() && reader.buffer().is_empty() {
-            stream.set_read_timeout(IDLE_TIMEOUT)?;
-            idle = true;
+        let now = session.phase();
+        if now != phase {
+            if !slot.enter(now) {
+                return Ok(());
+            }
+            match now {
+                Phase::Idle => reader.get_mut().deadline = Deadline::after(IDLE_TIMEOUT),
+                Phase::Body => {
+                    let declared = session.declared_body_length();
+                    reader.get_mut().deadline = Deadline::after(body_time(declared));
+                }
+                Phase::Head | Phase::Busy => {}
+            }
+            phase = now;
         }
     }
 }
@@ -762,7 +804,7 @@ fn serve_connection(
 /// Reads the next record header. `None` means the peer is done: end of stream at a record
 /// boundary, or, between requests, the idle time-out.
 fn read_header(
-    reader: &mut BufReader<&Stream>,
+    reader: &mut BufReader<DeadlineReader<Stream>>,
     idle: bool,
 ) -> Result<Option<RecordHeader>, ConnectionError> {
     let at_boundary = match reader.fill_buf() {
@@ -783,14 +825,6 @@ fn read_exact_or_truncated(reader: &mut impl Read, buf: &mut [u8]) -> Result<(),
         io::ErrorKind::UnexpectedEof => ConnectionError::Truncated,
         _ => ConnectionError::Io(error),
     })
-}
-
-/// A read or write time-out, whichever way the platform reports it.
-pub(crate) fn is_timeout(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 /// Calls the application with at most `gate`'s number of requests in flight; a panic becomes a
@@ -953,256 +987,65 @@ pub fn serve_listen(address: &str, handler: Arc<dyn Handler>, workers: usize) ->
 
 fn serve(listener: Listener, handler: Arc<dyn Handler>, workers: usize) -> io::Result<()> {
     let workers = workers.max(1);
-    let service = Arc::new(Service {
-        handler,
-        gate: Arc::new(pool::Gate::new(workers)),
-        allowed_peers: allowed_peers_from_env(),
-    });
-    acceptors::run(listener, service, workers, MAX_CONNECTIONS.max(workers))
+    let door = FastCgiDoor {
+        listener,
+        service: Service {
+            handler,
+            gate: pool::Gate::new(workers),
+            allowed_peers: allowed_peers_from_env(),
+        },
+    };
+    // one descriptor per connection: the application's own files are in the reserve
+    connections::run(door, workers, 1)
 }
 
-/// Threads that accept connections and serve them themselves.
-///
-/// lighttpd opens a connection per request, so handing each accepted connection to another
-/// thread would cost a wake-up and a context switch per request. Instead every thread accepts
-/// and serves. A kept-alive connection holds its thread while idle, so whenever the last
-/// accepting thread takes a connection it starts another one first (up to the connection
-/// limit), and surplus threads end once more than `warm` are waiting again. The handler's
-/// concurrency stays bounded by the [`pool::Gate`] in the service.
-mod acceptors {
-    use super::{survive_accept_error, Listener, Service};
-    use std::io;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    struct Shared {
-        listener: Listener,
-        service: Arc<Service>,
-        /// Threads waiting in accept().
-        accepting: AtomicUsize,
-        /// Threads alive.
-        threads: AtomicUsize,
-        warm: usize,
-        max: usize,
-    }
-
-    pub(super) fn run(listener: Listener, service: Arc<Service>, warm: usize, max: usize) -> io::Result<()> {
-        let shared = Arc::new(Shared {
-            listener,
-            service,
-            accepting: AtomicUsize::new(0),
-            threads: AtomicUsize::new(1),
-            warm: warm.max(1),
-            max: max.max(1),
-        });
-        for _ in 1..shared.warm {
-            start(&shared);
-        }
-        // the calling thread accepts too; it returns only when the listening socket is unusable
-        accept_loop(&shared, true)
-    }
-
-    fn start(shared: &Arc<Shared>) {
-        if shared.threads.fetch_add(1, Ordering::SeqCst) >= shared.max {
-            shared.threads.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        let shared_for_thread = Arc::clone(shared);
-        let started = std::thread::Builder::new()
-            .name("fastcgi-worker".into())
-            .spawn(move || accept_loop(&shared_for_thread, false));
-        if let Err(error) = started {
-            shared.threads.fetch_sub(1, Ordering::SeqCst);
-            super::log("fastcgi", &format!("cannot start a worker thread: {error}"));
-        }
-    }
-
-    fn accept_loop(shared: &Arc<Shared>, main: bool) -> io::Result<()> {
-        loop {
-            shared.accepting.fetch_add(1, Ordering::SeqCst);
-            let accepted = shared.listener.accept();
-            let still_accepting = shared.accepting.fetch_sub(1, Ordering::SeqCst) - 1;
-            match accepted {
-                Ok(stream) => {
-                    if still_accepting == 0 {
-                        // nobody is left to accept while this connection is served
-                        start(shared);
-                    }
-                    let service = &shared.service;
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.serve(stream))).is_err() {
-                        super::log("fastcgi", "connection worker panicked; connection dropped");
-                    }
-                }
-                Err(error) => {
-                    if let Err(fatal) = survive_accept_error(&error, "fastcgi") {
-                        if main {
-                            return Err(fatal);
-                        }
-                        shared.threads.fetch_sub(1, Ordering::SeqCst);
-                        return Ok(());
-                    }
-                }
-            }
-            if !main && shared.accepting.load(Ordering::SeqCst) >= shared.warm {
-                // enough threads are waiting for connections; this one was a surplus
-                shared.threads.fetch_sub(1, Ordering::SeqCst);
-                return Ok(());
-            }
-        }
-    }
+/// The FastCGI door for [`connections::run`]: a connection is closed, never queued, when every
+/// slot is being answered (the web server then answers 503 or tries another backend).
+struct FastCgiDoor {
+    listener: Listener,
+    service: Service,
 }
 
-/// Logs a failed accept and decides whether the loop can go on. Only errors that say the
-/// listening socket itself is unusable end the loop; running out of descriptors or memory
-/// is waited out so a burst cannot take the server down.
-pub(crate) fn survive_accept_error(error: &io::Error, door: &str) -> io::Result<()> {
-    if error.kind() == io::ErrorKind::Interrupted {
-        return Ok(());
+impl connections::Door for FastCgiDoor {
+    type Connection = Stream;
+    const NAME: &'static str = "fastcgi";
+
+    fn accept(&self) -> io::Result<Stream> {
+        self.listener.accept()
     }
-    log(door, &format!("accept failed: {error}"));
-    match error.raw_os_error() {
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP) => Err(
-            io::Error::new(error.kind(), format!("listening socket unusable: {error}")),
-        ),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            std::thread::sleep(Duration::from_millis(100));
-            Ok(())
+
+    fn welcome(&self, stream: &Stream) -> bool {
+        let allowed = self.service.peer_allowed(stream);
+        if !allowed {
+            log(
+                "fastcgi",
+                "connection from an address not in FCGI_WEB_SERVER_ADDRS refused",
+            );
         }
-        _ => Ok(()),
+        allowed
+    }
+
+    fn serve(&self, stream: &Stream, slot: &Slot) {
+        self.service.serve(stream, slot);
+    }
+
+    fn turn_away(&self, _stream: &Stream) {
+        // closing is the answer: dropping the stream does it
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Worker threads (shared with the built-in HTTP listener)
+// The request gate (shared with the built-in HTTP listener)
 // ---------------------------------------------------------------------------------------------
 
-/// Threads for connections, and a gate for requests.
-///
-/// A connection holds its thread while it is kept alive, so a fixed pool of `workers` threads
-/// would let `workers` idle keep-alive connections starve every other one. Instead the pool
-/// keeps `workers` threads warm and grows up to a connection limit, while the [`Gate`] keeps
-/// the number of requests being *computed* at once at `workers`.
+/// A gate for requests: every connection has a thread of its own (see [`connections`]), and
+/// the [`Gate`] keeps the number of requests being *computed* at once at `workers`.
 pub(crate) mod pool {
-    use std::sync::mpsc::{self, Receiver, Sender};
-    use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-
-    type Job<C> = Arc<dyn Fn(C) + Send + Sync>;
-
-    struct Counts {
-        threads: usize,
-        /// Threads waiting for a connection that no dispatched connection has claimed yet.
-        idle: usize,
-        /// Queued connections no idle thread was reserved for.
-        unclaimed: usize,
-    }
-
-    pub(crate) struct ConnectionPool<C: Send + 'static> {
-        name: &'static str,
-        max_threads: usize,
-        sender: Sender<C>,
-        shared: Arc<Shared<C>>,
-    }
-
-    struct Shared<C> {
-        receiver: Mutex<Receiver<C>>,
-        counts: Mutex<Counts>,
-        job: Job<C>,
-    }
+    use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
     fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-        // Jobs run outside every lock, so a poisoned lock only means a panic elsewhere
-        // between two counter updates; the counts are still usable.
+        // nothing panics while holding the lock, so a poisoned one still holds a usable count
         mutex.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    impl<C: Send + 'static> ConnectionPool<C> {
-        pub(crate) fn new(
-            name: &'static str,
-            warm_threads: usize,
-            max_threads: usize,
-            job: impl Fn(C) + Send + Sync + 'static,
-        ) -> ConnectionPool<C> {
-            let (sender, receiver) = mpsc::channel();
-            let shared = Arc::new(Shared {
-                receiver: Mutex::new(receiver),
-                counts: Mutex::new(Counts {
-                    threads: 0,
-                    idle: 0,
-                    unclaimed: 0,
-                }),
-                job: Arc::new(job),
-            });
-            let pool = ConnectionPool {
-                name,
-                max_threads,
-                sender,
-                shared,
-            };
-            for _ in 0..warm_threads.min(max_threads) {
-                let mut counts = lock(&pool.shared.counts);
-                if pool.spawn() {
-                    counts.threads += 1;
-                }
-            }
-            pool
-        }
-
-        /// Hands `connection` to an idle thread, or to a new one, or queues it when the pool
-        /// is at its limit.
-        ///
-        /// Every queued connection is matched either by an idle thread reserved for it here or
-        /// by one `unclaimed` count that the next thread to come free takes over (see
-        /// [`worker`]), so a connection never waits while a thread could have been started.
-        pub(crate) fn dispatch(&self, connection: C) {
-            let mut counts = lock(&self.shared.counts);
-            if counts.idle > 0 {
-                counts.idle -= 1;
-            } else {
-                counts.unclaimed += 1;
-                if counts.threads < self.max_threads && self.spawn() {
-                    counts.threads += 1;
-                }
-            }
-            drop(counts);
-            // The receiver lives in `shared`, which we hold, so sending cannot fail.
-            let _ = self.sender.send(connection);
-        }
-
-        fn spawn(&self) -> bool {
-            let shared = Arc::clone(&self.shared);
-            let name = self.name;
-            let started = std::thread::Builder::new()
-                .name(format!("{name}-worker"))
-                .spawn(move || worker(&shared, name));
-            match started {
-                Ok(_) => true,
-                Err(error) => {
-                    super::log(name, &format!("cannot start a worker thread: {error}"));
-                    false
-                }
-            }
-        }
-    }
-
-    /// Takes connections until the pool is gone; before each wait it either takes over an
-    /// unclaimed queued connection or announces itself idle.
-    fn worker<C: Send + 'static>(shared: &Shared<C>, name: &str) {
-        loop {
-            {
-                let mut counts = lock(&shared.counts);
-                if counts.unclaimed > 0 {
-                    counts.unclaimed -= 1;
-                } else {
-                    counts.idle += 1;
-                }
-            }
-            let next = lock(&shared.receiver).recv();
-            let Ok(connection) = next else { return };
-            let job = Arc::clone(&shared.job);
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(connection))).is_err() {
-                super::log(name, "connection worker panicked; connection dropped");
-            }
-        }
     }
 
     /// A counting semaphore: at most `permits` holders at once.
@@ -1432,7 +1275,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(session.is_idle());
+        assert_eq!(session.phase(), Phase::Idle);
     }
 
     #[test]
@@ -1608,7 +1451,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(session.is_idle());
+        assert_eq!(session.phase(), Phase::Idle);
     }
 
     #[test]
@@ -1658,7 +1501,7 @@ mod tests {
             end_status(&action),
             Some((5, STATUS_REQUEST_COMPLETE, true))
         );
-        assert!(session.is_idle());
+        assert_eq!(session.phase(), Phase::Idle);
     }
 
     #[test]
@@ -1720,40 +1563,11 @@ mod tests {
         assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 2);
     }
 
-    #[test]
-    fn pool_serves_more_connections_than_warm_threads() {
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
-        let done_tx = std::sync::Mutex::new(done_tx);
-        // Each job blocks until released, like an idle keep-alive connection.
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let release_rx = std::sync::Mutex::new(release_rx);
-        let pool = pool::ConnectionPool::new("test", 1, 8, move |n: usize| {
-            if n < 3 {
-                let _ = release_rx.lock().unwrap().recv();
-            }
-            let _ = done_tx.lock().unwrap().send(n);
-        });
-        for n in 0..4 {
-            pool.dispatch(n);
-        }
-        // Three jobs are blocked; the fourth still runs on a thread of its own.
-        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(3));
-        for _ in 0..3 {
-            release_tx.send(()).unwrap();
-        }
-        let mut rest: Vec<usize> = (0..3)
-            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
-            .collect();
-        rest.sort();
-        assert_eq!(rest, vec![0, 1, 2]);
-    }
-
     /// Runs `serve_connection` on one end of a socket pair while `input` is written to the other
     /// end; returns what the server wrote back.
     fn converse(input: Vec<u8>, handler: impl Handler) -> Vec<u8> {
         let (client, server) = UnixStream::pair().unwrap();
-        let server = Stream::Unix(server);
-        server.set_read_timeout(Duration::from_secs(5)).unwrap();
+        let server = Arc::new(Stream::Unix(server));
         server.set_write_timeout(Duration::from_secs(5)).unwrap();
         let writer = client.try_clone().unwrap();
         let feeder = std::thread::spawn(move || {
@@ -1767,7 +1581,10 @@ mod tests {
             answer
         });
         let gate = pool::Gate::new(1);
-        let _ = serve_connection(&server, &handler, &gate);
+        let registry = connections::Registry::new(1);
+        let slot = registry.admit(server.clone()).unwrap();
+        let _ = serve_connection(&server, &handler, &gate, &slot);
+        drop(slot);
         drop(server);
         feeder.join().unwrap();
         reader.join().unwrap()

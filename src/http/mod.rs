@@ -4,6 +4,7 @@
 //! application never knows which door a request came through.
 
 pub mod cgi;
+pub mod connections;
 pub mod fastcgi;
 pub mod serve;
 

@@ -5,7 +5,10 @@
 //! Parsing (request head, path, routing) is pure and separately tested; the connection loop
 //! only moves bytes.
 
-use super::fastcgi::{call_handler, is_timeout, log, pool, survive_accept_error};
+use super::connections::{
+    self, body_time, is_timeout, Deadline, DeadlineReader, Phase, Slot, HEAD_TIME,
+};
+use super::fastcgi::{call_handler, log, pool};
 use super::{body_limit, body_too_large, reason_phrase, Handler, Request, Response, MAX_BODY_BYTES};
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,12 +23,13 @@ const DOOR: &str = "serve";
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Requests computed at once, and threads kept warm.
 const WORKERS: usize = 8;
-/// Connections served at once (a browser keeps several idle ones open).
-const MAX_CONNECTIONS: usize = 256;
-/// Time a client may stall in the middle of a request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time an idle keep-alive connection may wait for its next request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time a write of our answer may stall before we give up on the client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an idle keep-alive connection may wait for its next request (Apache's and lighttpd's
+/// default). Devices poll with one request per connection; a browser reopens at once.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a client gets when every connection slot is being answered.
+const BUSY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 20\r\nConnection: close\r\n\r\n# server busy - exit";
 
 /// URL endings that are the application's entry points, and the script each stands for.
 const SCRIPTS: [(&[&str], &str); 3] = [
@@ -52,8 +56,10 @@ pub enum HttpError {
     BadHeader,
     #[error("unsupported HTTP version")]
     BadVersion,
-    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    #[error("a request needs one Host header naming a host[:port] (HTTP/1.0 may leave it out)")]
     BadHost,
+    #[error("request head not complete within the time allowed")]
+    HeadTimeout,
     #[error("malformed or conflicting Content-Length")]
     BadLength,
     #[error("request bodies need a Content-Length (Transfer-Encoding is not supported)")]
@@ -70,6 +76,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::HeadTooLarge => 431,
+            HttpError::HeadTimeout => 408,
             HttpError::LengthRequired => 411,
             HttpError::BodyTooLarge(_) | HttpError::BodyOverLimit(..) => 413,
             _ => 400,
@@ -200,10 +207,42 @@ pub fn parse_head(bytes: &[u8]) -> Result<RequestHead, HttpError> {
         minor_version,
         headers,
     };
-    if head.minor_version >= 1 && head.values("Host").count() != 1 {
-        return Err(HttpError::BadHost);
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with several, or with an
+    // invalid one. An invalid one is refused rather than ignored: it would become
+    // SERVER_NAME / HTTP_HOST and from there the URLs devices are told to fetch.
+    let hosts: Vec<&str> = head.values("Host").collect();
+    match hosts.as_slice() {
+        [] if head.minor_version == 0 => {}
+        [host] if is_valid_host(host) => {}
+        _ => return Err(HttpError::BadHost),
     }
     Ok(head)
+}
+
+/// A Host header value fit to build URLs from: `name[:port]` or `[IPv6]:port`, the name of
+/// letters, digits, `-`, `.` and `_`, the port of one to five digits (at most 65535).
+pub fn is_valid_host(value: &str) -> bool {
+    let (name_ok, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let Some((address, port)) = rest.split_once(']') else {
+                return false;
+            };
+            let ipv6 = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+            (!address.is_empty() && address.bytes().all(ipv6), port)
+        }
+        None => {
+            let (name, port) = value.split_at(value.find(':').unwrap_or(value.len()));
+            let name_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+            (!name.is_empty() && name.bytes().all(name_byte), port)
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok()
+        }
+    };
+    value.len() <= 255 && name_ok && port_ok
 }
 
 fn parse_request_line(line: &[u8]) -> Result<(String, String, u8), HttpError> {
@@ -454,31 +493,55 @@ pub fn run(listen: &str, root: PathBuf, handler: Arc<dyn Handler>) -> io::Result
         "update-server is serving {} on http://{address}/\ntry a device poll:\n  curl 'http://{address}/update.php?type=IP232&sn=00-90-33-3e-0c-57&hwid=IP232-3e-0c-57&ip=127.0.0.1'",
         root.display()
     );
-    let site = Arc::new(Site {
+    let site = Site {
+        listener,
         root,
         handler,
         gate: pool::Gate::new(WORKERS),
         software: format!("update-server/{}", env!("CARGO_PKG_VERSION")),
-    });
-    let pool = pool::ConnectionPool::new("serve", WORKERS, MAX_CONNECTIONS, move |stream| {
-        site.serve_connection(stream)
-    });
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => pool.dispatch(stream),
-            Err(error) => survive_accept_error(&error, DOOR)?,
-        }
-    }
+    };
+    // two descriptors per connection: its socket and the static file it may be sending
+    connections::run(site, WORKERS, 2)
 }
 
 /// The body limit of requests for static files and unknown paths, which read no body.
 const NON_SCRIPT_BODY_LIMIT: usize = 64 * 1024;
 
 struct Site {
+    listener: TcpListener,
     root: PathBuf,
     handler: Arc<dyn Handler>,
     gate: pool::Gate,
     software: String,
+}
+
+impl connections::Door for Site {
+    type Connection = TcpStream;
+    const NAME: &'static str = DOOR;
+
+    fn accept(&self) -> io::Result<TcpStream> {
+        self.listener.accept().map(|(stream, _)| stream)
+    }
+
+    fn serve(&self, stream: &TcpStream, slot: &Slot) {
+        self.serve_connection(stream, slot);
+    }
+
+    /// 503 without waiting: the answer fits in any socket's send buffer, and what the client
+    /// has sent already is read first so that closing does not reset the answer away.
+    fn turn_away(&self, stream: &TcpStream) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        for _ in 0..4 {
+            if !matches!((&*stream).read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let _ = (&*stream).write_all(BUSY_ANSWER);
+        let _ = stream.shutdown(Shutdown::Write);
+    }
 }
 
 /// How a connection goes on after an exchange.
@@ -493,6 +556,10 @@ enum Next {
 /// One client connection: the socket and what has been read but not consumed.
 struct Connection<'a> {
     stream: &'a TcpStream,
+    /// Its place among the open connections, where its phase is kept up to date.
+    slot: &'a Slot,
+    /// Requests answered so far.
+    answered: usize,
     buffer: Vec<u8>,
     peer: SocketAddr,
     local: SocketAddr,
@@ -501,18 +568,20 @@ struct Connection<'a> {
 
 enum Head {
     Complete(usize),
+    /// The client closed (or was closed to make room) between requests, or stayed idle.
     Closed,
     TooLarge,
+    TimedOut,
 }
 
 impl Site {
-    fn serve_connection(&self, stream: TcpStream) {
+    fn serve_connection(&self, stream: &TcpStream, slot: &Slot) {
         let addresses = stream
             .peer_addr()
             .and_then(|peer| Ok((peer, stream.local_addr()?)));
         let setup = addresses.and_then(|a| {
             stream.set_nodelay(true)?;
-            stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+            stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
             Ok(a)
         });
         let (peer, local) = match setup {
@@ -520,7 +589,9 @@ impl Site {
             Err(error) => return log(DOOR, &format!("connection setup failed: {error}")),
         };
         let mut connection = Connection {
-            stream: &stream,
+            stream,
+            slot,
+            answered: 0,
             buffer: Vec::new(),
             peer,
             local,
@@ -528,9 +599,9 @@ impl Site {
         };
         loop {
             match self.exchange(&mut connection) {
-                Ok(Next::KeepAlive) => {}
+                Ok(Next::KeepAlive) => connection.answered += 1,
                 Ok(Next::Close) => return,
-                Ok(Next::CloseLingering) => return linger_close(&stream),
+                Ok(Next::CloseLingering) => return linger_close(stream),
                 Err(error) => return log(DOOR, &format!("{peer}: {error}")),
             }
         }
@@ -542,6 +613,7 @@ impl Site {
             Head::Complete(length) => length,
             Head::Closed => return Ok(Next::Close),
             Head::TooLarge => return connection.refuse(&HttpError::HeadTooLarge),
+            Head::TimedOut => return connection.refuse(&HttpError::HeadTimeout),
         };
         let parsed = parse_head(&connection.buffer[..head_length]);
         connection.buffer.drain(..head_length);
@@ -560,10 +632,18 @@ impl Site {
                 return connection.refuse(&HttpError::BodyOverLimit(length as u64, limit));
             }
         }
-        if length > connection.buffer.len() && head.expects_continue() {
-            connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        if length > connection.buffer.len() {
+            if !connection.slot.enter(Phase::Body) {
+                return Ok(Next::Close);
+            }
+            if head.expects_continue() {
+                connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            }
         }
         let body = connection.read_body(length)?;
+        if !connection.slot.enter(Phase::Busy) {
+            return Ok(Next::Close);
+        }
         let keep_alive = head.keep_alive();
         self.answer(connection, &head, body, keep_alive)?;
         Ok(if keep_alive {
@@ -764,16 +844,27 @@ impl Connection<'_> {
         (&mut &*self.stream).write_all(bytes)
     }
 
-    /// Reads until the buffer holds a complete request head. Waiting for a new request uses
-    /// the idle time-out; once its first byte is in, the request time-out applies.
+    /// Reads until the buffer holds a complete request head. A connection's first request
+    /// must be complete within [`HEAD_TIME`] of the connection; a kept-alive connection may
+    /// wait [`IDLE_TIMEOUT`] for the first byte of its next request, which then has
+    /// [`HEAD_TIME`] from that byte.
     fn read_head(&mut self) -> io::Result<Head> {
         let mut chunk = [0u8; 4096];
         let mut waiting = self.buffer.is_empty();
-        self.stream.set_read_timeout(Some(if waiting {
+        let kept_alive = self.answered > 0;
+        let mut deadline = Deadline::after(if waiting && kept_alive {
             IDLE_TIMEOUT
         } else {
-            REQUEST_TIMEOUT
-        }))?;
+            HEAD_TIME
+        });
+        // a new connection counts as sending its head from the start (see `connections`)
+        if !self.slot.enter(if waiting && kept_alive {
+            Phase::Idle
+        } else {
+            Phase::Head
+        }) {
+            return Ok(Head::Closed);
+        }
         loop {
             // Clients may send a stray CRLF after a body; RFC 9112 says to skip it.
             let blank = self
@@ -792,7 +883,11 @@ impl Connection<'_> {
             if self.buffer.len() > MAX_HEAD_BYTES {
                 return Ok(Head::TooLarge);
             }
-            let read = match (&*self.stream).read(&mut chunk) {
+            let mut source = DeadlineReader {
+                stream: self.stream,
+                deadline,
+            };
+            let read = match source.read(&mut chunk) {
                 Ok(0) if self.buffer.is_empty() => return Ok(Head::Closed),
                 Ok(0) => {
                     return Err(io::Error::new(
@@ -802,13 +897,19 @@ impl Connection<'_> {
                 }
                 Ok(read) => read,
                 Err(error) if waiting && is_timeout(&error) => return Ok(Head::Closed),
+                Err(error) if is_timeout(&error) => return Ok(Head::TimedOut),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             };
             self.buffer.extend_from_slice(&chunk[..read]);
             if waiting {
                 waiting = false;
-                self.stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+                if !self.slot.enter(Phase::Head) {
+                    return Ok(Head::Closed);
+                }
+                if kept_alive {
+                    deadline = Deadline::after(HEAD_TIME);
+                }
             }
         }
     }
@@ -818,7 +919,12 @@ impl Connection<'_> {
         let mut body = Vec::with_capacity(length);
         body.extend(self.buffer.drain(..buffered));
         let missing = (length - body.len()) as u64;
-        self.stream.take(missing).read_to_end(&mut body)?;
+        // the whole body within its time, however the client spreads it out
+        let source = DeadlineReader {
+            stream: self.stream,
+            deadline: Deadline::after(body_time(length as u64)),
+        };
+        source.take(missing).read_to_end(&mut body)?;
         if body.len() < length {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -1164,6 +1270,51 @@ mod tests {
         assert_eq!(header_variable("X_Forwarded_For"), None);
         assert_eq!(header_variable("Content-Type"), None);
         assert_eq!(header_variable("Content-Length"), None);
+    }
+
+    #[test]
+    fn only_a_host_with_an_optional_port_is_a_valid_host() {
+        for good in [
+            "update.example.com",
+            "update.example.com:8080",
+            "172.16.4.1",
+            "172.16.4.1:80",
+            "[::1]",
+            "[fe80::1]:443",
+            "my_host-1",
+        ] {
+            assert!(is_valid_host(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "evil.example:80/x?",
+            "evil.example/x",
+            "a b",
+            "evil.example:",
+            "evil.example:65536",
+            "evil.example:+80",
+            "evil.example:80:81",
+            "user@evil.example",
+            "[::1",
+            "[]:80",
+            "[::1]x",
+            "[::1]:80/x",
+            ":80",
+            "evil.example#",
+        ] {
+            assert!(!is_valid_host(bad), "{bad:?}");
+        }
+        assert!(!is_valid_host(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn a_head_with_an_invalid_host_is_refused() {
+        for version in ["1.1", "1.0"] {
+            let text = format!("GET /update.php HTTP/{version}\r\nHost: evil.example:80/x?\r\n\r\n");
+            assert_eq!(head(&text), Err(HttpError::BadHost), "HTTP/{version}");
+            assert_eq!(HttpError::BadHost.status(), 400);
+        }
+        assert_eq!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n"), Err(HttpError::BadHost));
     }
 
     #[test]
