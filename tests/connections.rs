@@ -81,6 +81,23 @@ impl Server {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Threads the server process has now.
+    fn threads(&self) -> usize {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Waits up to 10 s for the server's threads to fall back to at most `most` (a burst's
+    /// threads go away with it).
+    #[track_caller]
+    fn assert_threads_fall_to(&self, most: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.threads() > most {
+            assert!(Instant::now() < deadline, "{} threads are left 10 s after the connections closed", self.threads());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// CPU time (user + system) the server has used so far, in clock ticks.
     fn cpu_ticks(&self) -> u64 {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
@@ -267,7 +284,10 @@ fn serve_answers_a_poll_promptly_beside_hundreds_of_slow_and_idle_connections() 
         assert_prompt_poll(&format!("poll {round} beside {HOSTILE} slow connections"), poll_serve(port), &server.log());
         std::thread::sleep(Duration::from_millis(700));
     }
+    assert!(server.threads() > HOSTILE / 2, "each open connection has a thread");
     drop(hostile);
+    // the 8 warm ones, the main thread, and a few finishing
+    server.assert_threads_fall_to(16);
 }
 
 #[test]
@@ -369,6 +389,7 @@ fn serve_copes_with_running_out_of_descriptors_without_spinning() {
     let used = server.cpu_ticks() - before;
     // clock ticks are 10 ms: a busy loop on one core would use about 200 in 2 s
     assert!(used < 30, "the server used {used} ticks of CPU in 2 s while out of descriptors");
+    assert!(server.log().contains("Too many open files"), "accept ran out of descriptors:\n{}", server.log());
     drop(silent);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -521,6 +542,7 @@ fn fastcgi_answers_promptly_beside_hundreds_of_idle_kept_alive_connections() {
         assert_prompt_fastcgi_poll(&socket, &server.root, &server.log());
     }
     drop(idle);
+    server.assert_threads_fall_to(16);
 }
 
 #[test]
