@@ -45,9 +45,12 @@ const BODY_BASE_TIME: Duration = Duration::from_secs(20);
 /// the largest backup (16 MiB) in about four minutes and a typical one in no time.
 const BODY_MIN_BYTES_PER_SECOND: u64 = 64 * 1024;
 
-/// How long a request body of `length` bytes may take to arrive.
+/// How long a request body of `length` bytes may take to arrive. A length beyond the largest
+/// body any door accepts earns no more time: such a body is refused, and only drained under
+/// the drain's own bound.
 pub fn body_time(length: u64) -> Duration {
-    BODY_BASE_TIME + Duration::from_secs(length / BODY_MIN_BYTES_PER_SECOND)
+    let counted = length.min(super::MAX_BODY_BYTES as u64);
+    BODY_BASE_TIME + Duration::from_secs(counted / BODY_MIN_BYTES_PER_SECOND)
 }
 
 /// What a connection is doing, in the order in which connections are closed at the cap.
@@ -548,6 +551,7 @@ mod tests {
         assert_eq!(body_time(0), Duration::from_secs(20));
         assert_eq!(body_time(100_000), Duration::from_secs(21));
         assert_eq!(body_time(16 * 1024 * 1024), Duration::from_secs(20 + 256));
+        assert_eq!(body_time(u64::MAX), body_time(16 * 1024 * 1024));
     }
 
     #[test]
