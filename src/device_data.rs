@@ -114,7 +114,10 @@ fn save(state: Option<LockedState>, now: i64, logkeep: i64, note: Option<&str>) 
         state::log(&mut locked.state, now, note);
     }
     state::prune_log(&mut locked.state, now, logkeep);
-    locked.save().map_err(|e| refuse(500, format!("cannot write device state: {e}")))
+    locked.save().map_err(|e| match e {
+        too_large @ state::SaveError::TooLarge { .. } => refuse(413, format!("nothing stored: {too_large}")),
+        state::SaveError::Io(e) => refuse(500, format!("cannot write device state: {e}")),
+    })
 }
 
 fn logkeep(config: &Config) -> i64 {
@@ -171,6 +174,7 @@ fn query(root: &Path, config: &Config, request: &DataRequest, serial: &str, body
     let parsed = match crate::queries::parse_answer(body) {
         Ok(parsed) => parsed,
         Err(refusal @ crate::queries::Refusal::Dtd) => return refuse(400, refusal.to_string()),
+        Err(refusal @ crate::queries::Refusal::TooLarge(_)) => return refuse(413, refusal.to_string()),
         // the old server answered a malformed answer with a comment and status 200; devices
         // do not look at the status, so we keep that (conformance case query-put-invalid-xml)
         Err(refusal) => return refuse(200, refusal.to_string()),
@@ -182,12 +186,17 @@ fn query(root: &Path, config: &Config, request: &DataRequest, serial: &str, body
     let Some(locked) = state.as_mut() else {
         return refuse(404, "device state (status/@dir) is not enabled in the configuration");
     };
+    // a damaged state file was replaced by a fresh state: say so (it is in the log as well)
+    let damage = locked.damage().map(|d| format!("device state {serial}.xml {d}; a fresh state replaces it"));
     state::device(&mut locked.state).set_attr("sn", serial);
     crate::queries::store_answer(&mut locked.state, id, parsed, request.now);
+    // answers are the bulk of a state: one may fill it up to the cap, beyond that it is
+    // refused and the stored state stays as it was
+    locked.limit_size(state::MAX_STATE_BYTES);
     let note = format!("queries {id} for {serial} saved");
     // devices answer their queries on every poll: the answer itself is the record
     match save(state, request.now, logkeep(config), None) {
-        Ok(()) => answer(200, &[note]),
+        Ok(()) => answer(200, &damage.into_iter().chain([note]).collect::<Vec<_>>()),
         Err(answer) => answer,
     }
 }

@@ -44,11 +44,17 @@ pub fn builds(root: &Path, master: &Master, now: i64) -> Result<((String, String
 }
 
 fn read_cache(path: &Path) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // read no more than a box info may be (parse_box_info refuses the rest)
+    let limit = crate::xml::Limits::DEVICE.bytes as u64 + 1;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| std::io::Read::read_to_string(&mut std::io::Read::take(file, limit), &mut text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     parse_box_info(&text)
 }
 
-/// The builds in a `box_info.xml` document.
+/// The builds in a `box_info.xml` document (parsed within [`crate::xml::Limits::DEVICE`]: the
+/// master is a device, and its address may not be one the operator controls).
 pub fn parse_box_info(text: &str) -> Result<(String, String), String> {
     let root = Element::parse(text).map_err(|e| format!("malformed box info: {e}"))?;
     let version = std::iter::once(&root)
@@ -66,9 +72,11 @@ fn fetch(url: &str, timeout_secs: u64) -> Result<(String, (String, String)), Str
         .redirects(3)
         .build();
     let response = agent.get(url).call().map_err(|e| format!("cannot fetch {}: {e}", redact(url)))?;
-    // a box info document is a few hundred bytes; refuse to buffer anything large
+    // a box info document is a few hundred bytes; refuse to buffer anything large (one byte
+    // over the limit is read, so that parse_box_info refuses it rather than a cut-off text)
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(response.into_reader(), 1 << 20), &mut text)
+    let limit = crate::xml::Limits::DEVICE.bytes as u64 + 1;
+    std::io::Read::read_to_string(&mut std::io::Read::take(response.into_reader(), limit), &mut text)
         .map_err(|e| format!("cannot read {}: {e}", redact(url)))?;
     let builds = parse_box_info(&text)?;
     Ok((text, builds))
@@ -99,6 +107,8 @@ mod tests {
         let text = "<?xml version='1.0'?><info><sys version='IP811[13r2 sr41 [134600]], Bootcode[134560], Hardware[302]'/></info>";
         assert_eq!(parse_box_info(text).unwrap(), ("134600".into(), "134560".into()));
         assert!(parse_box_info("<info/>").is_err());
+        let deep = format!("<info>{}<sys version='IP811[134600], Bootcode[134560]'/>{}</info>", "<a>".repeat(5000), "</a>".repeat(5000));
+        assert!(parse_box_info(&deep).unwrap_err().contains("levels deep"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Query answers (`update.php?mode=query&sn=…&id=…`, SPEC §6): a device PUTs the XML output
 //! of a configured command; it is kept under `queries/<id>` in the device's state.
 
-use crate::xml::{Element, ParseError};
+use crate::xml::{Element, ErrorKind, ParseError};
 
 /// Why a query answer is not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,15 +12,23 @@ pub enum Refusal {
     /// Not well-formed (the old server answered this with a comment and status 200).
     #[error("invalid xml: {0}")]
     Malformed(ParseError),
+    /// Beyond [`crate::xml::Limits::DEVICE`] (size, nesting, nodes): no device answers like
+    /// that, and nothing of it is parsed into a tree, let alone stored.
+    #[error("query answer refused: {0}")]
+    TooLarge(ParseError),
 }
 
-/// Parses a query answer body.
+/// Parses a query answer body within [`crate::xml::Limits::DEVICE`].
 pub fn parse_answer(body: &str) -> Result<Element, Refusal> {
     let head = body.trim_start();
     if head.contains("<!DOCTYPE") || head.contains("<!ENTITY") {
         return Err(Refusal::Dtd);
     }
-    Element::parse(body).map_err(|e| if e.message.contains("DTD") { Refusal::Dtd } else { Refusal::Malformed(e) })
+    Element::parse(body).map_err(|e| match e.kind {
+        ErrorKind::OverLimit => Refusal::TooLarge(e),
+        ErrorKind::Malformed if e.message.contains("DTD") => Refusal::Dtd,
+        ErrorKind::Malformed => Refusal::Malformed(e),
+    })
 }
 
 /// Replaces the stored answer of query `id` with `answer`, stamped `seen`.
@@ -53,5 +61,18 @@ mod tests {
         let bomb = "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]><x>&b;</x>";
         assert_eq!(parse_answer(bomb).unwrap_err(), Refusal::Dtd);
         assert!(matches!(parse_answer("<info><unclosed></info>"), Err(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn answers_too_deep_for_the_state_are_refused() {
+        let depth = crate::xml::Limits::DEVICE.depth;
+        let fits = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+        let mut state = Element::new("state");
+        store_answer(&mut state, "admin", parse_answer(&fits).unwrap(), 1);
+        assert_eq!(state.depth(), crate::xml::STATE_DEPTH, "a stored answer fits the state's depth exactly");
+        let deeper = format!("<a>{fits}</a>");
+        assert!(matches!(parse_answer(&deeper), Err(Refusal::TooLarge(_))));
+        // unclosed and too deep: refused as too deep before anything else is looked at
+        assert!(matches!(parse_answer(&"<a>".repeat(3100)), Err(Refusal::TooLarge(_))));
     }
 }

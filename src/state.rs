@@ -1,13 +1,71 @@
 //! Device state files (`<status/@dir>/<sn>.xml`, SPEC §6): read before and written after every
 //! device request, in the old server's XML shape, atomically and under a per-device lock.
+//!
+//! A state file is bounded: read within [`Limits::STATE`] (a file beyond them, or one that
+//! does not parse, is reported and replaced by a fresh state), written at most
+//! [`Limits::STATE`]`.bytes` long, and a query answer is only stored while the state stays
+//! within [`MAX_STATE_BYTES`].
 
-use crate::xml::Element;
+use crate::xml::{Element, Layout, Limits};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The most a device's state may grow to by storing a query answer (the answers are most of a
+/// state). innovaphone answers are a few KB to some 100 KB, a device answers a handful of
+/// queries, and the log is capped at [`MAX_LOG_ENTRIES`]: a real device stays far below 1 MiB.
+/// The file limit ([`Limits::STATE`], 2 MiB) leaves the other half for what later polls add
+/// (log lines, stamps), so a poll never fails to save a state an answer was allowed to fill.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// How a state is written: `state`, its children and the entries under `queries` each on a
+/// line of their own, a stored answer compactly on its entry's line. The old server wrote
+/// answers as the device sent them and added no white space of its own, and the old admin
+/// page reads either; indenting every level made a deep answer many times its own size.
+pub const LAYOUT: Layout = Layout { indent_levels: 3 };
+
+/// The text of a state file.
+pub fn render(state: &Element) -> String {
+    state.to_document_with(LAYOUT)
+}
+
+/// Why the state file on disk could not be used; the request goes on with a fresh state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// Larger than [`Limits::STATE`] allows: not even read.
+    TooLarge { bytes: u64 },
+    /// Not a state: not UTF-8, not well-formed, too deep, too many nodes, another root.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::TooLarge { bytes } => {
+                write!(f, "is {bytes} bytes, more than the {} a state file may have", Limits::STATE.bytes)
+            }
+            Damage::Unreadable(reason) => write!(f, "cannot be read: {reason}"),
+        }
+    }
+}
+
+/// Why a state was not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The state would be larger than the limit of this save: nothing was written.
+    #[error("the device state would be {bytes} bytes, more than the {limit} allowed")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where a damaged state file is kept when a fresh state replaces it (one per device).
+pub fn set_aside_path(path: &Path) -> PathBuf {
+    path.with_extension("xml.broken")
+}
 
 /// A device's state file, locked for this request.
 ///
@@ -22,16 +80,22 @@ pub struct LockedState {
     /// Whether the file had content when locked; an empty placeholder is removed if the
     /// request ends without saving.
     existed: bool,
+    /// Why the file on disk was not used (`state` is then a fresh one).
+    damage: Option<Damage>,
     /// The bytes on disk when locked, to tell how the new version differs.
     on_disk: String,
+    /// The most [`LockedState::save`] writes.
+    size_limit: usize,
     saved: bool,
     pub state: Element,
 }
 
 impl LockedState {
-    /// Locks and reads the state at `path` (an absent or empty file gives a fresh `<state/>`;
-    /// an unreadable one is kept aside as `<sn>.xml.broken` and replaced by a fresh state so a
-    /// device is never locked out by a damaged file).
+    /// Locks and reads the state at `path`. An absent or empty file gives a fresh `<state/>`;
+    /// a damaged one (see [`Damage`]) is reported on standard error and gives a fresh state too,
+    /// so a device is never locked out by its file: its polls go on as a new device's would.
+    /// Saving then replaces the damaged file; one that was small enough to read is kept as
+    /// `<sn>.xml.broken` for a person to look at, an oversized one is not kept.
     pub fn open(path: &Path) -> io::Result<LockedState> {
         let file = loop {
             let opened = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
@@ -53,37 +117,64 @@ impl LockedState {
                 _ => continue,
             }
         };
-        let mut text = String::new();
-        (&file).read_to_string(&mut text).or_else(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                Ok(0)
-            } else {
-                Err(e)
-            }
-        })?;
-        let existed = !text.trim().is_empty();
-        let state = if existed {
-            match Element::parse(&text) {
-                Ok(root) if root.name == "state" => root,
-                _ => {
-                    let _ = fs::copy(path, path.with_extension("xml.broken"));
-                    Element::new("state")
-                }
-            }
-        } else {
-            Element::new("state")
+        let (text, damage) = read_bounded(&file)?;
+        let existed = damage.is_some() || !text.trim().is_empty();
+        let (state, damage) = match damage {
+            Some(damage) => (Element::new("state"), Some(damage)),
+            None if !existed => (Element::new("state"), None),
+            None => match Element::parse_within(&text, &Limits::STATE) {
+                Ok(root) if root.name == "state" => (root, None),
+                Ok(root) => (Element::new("state"), Some(Damage::Unreadable(format!("the root element is <{}>, not <state>", root.name)))),
+                Err(e) => (Element::new("state"), Some(Damage::Unreadable(e.to_string()))),
+            },
         };
-        Ok(LockedState { path: path.to_path_buf(), lock: file, existed, on_disk: text, saved: false, state })
+        if let Some(damage) = &damage {
+            eprintln!("update-server: device state {} {damage}; going on with a fresh state", path.display());
+        }
+        let on_disk = if damage.is_some() { String::new() } else { text };
+        Ok(LockedState {
+            path: path.to_path_buf(),
+            lock: file,
+            existed,
+            damage,
+            on_disk,
+            size_limit: Limits::STATE.bytes,
+            saved: false,
+            state,
+        })
     }
 
     pub fn existed(&self) -> bool {
         self.existed
     }
 
+    /// Why the file on disk was not used, when it was not.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Makes [`LockedState::save`] refuse to write more than `limit` bytes (never more than a
+    /// state file may be read back with).
+    pub fn limit_size(&mut self, limit: usize) {
+        self.size_limit = limit.min(Limits::STATE.bytes);
+    }
+
     /// Writes the state: a temporary file in the same folder, flushed, then renamed over the
-    /// old one, so a reader or a crash never sees a half-written file.
-    pub fn save(mut self) -> io::Result<()> {
-        let document = self.state.to_document();
+    /// old one, so a reader or a crash never sees a half-written file. A state larger than the
+    /// size limit is not written at all.
+    pub fn save(mut self) -> Result<(), SaveError> {
+        let document = render(&self.state);
+        if document.len() > self.size_limit {
+            return Err(SaveError::TooLarge { bytes: document.len(), limit: self.size_limit });
+        }
+        if let Some(Damage::Unreadable(_)) = self.damage {
+            // kept for a person to look at; a hard link, as the file is about to be replaced
+            let aside = set_aside_path(&self.path);
+            let _ = fs::remove_file(&aside);
+            if fs::hard_link(&self.path, &aside).is_err() {
+                let _ = fs::copy(&self.path, &aside);
+            }
+        }
         match digits_only_change(&self.on_disk, &document) {
             // The steady state of a polling device changes only time stamps (`seen`, the log
             // marker), digit for digit in place. Writing just those digits keeps the file
@@ -101,6 +192,26 @@ impl LockedState {
         }
         self.saved = true;
         Ok(())
+    }
+}
+
+/// The file's text, read only when it is within [`Limits::STATE`]; otherwise (or when it is
+/// not UTF-8) why not.
+fn read_bounded(mut file: &File) -> io::Result<(String, Option<Damage>)> {
+    let limit = Limits::STATE.bytes as u64;
+    let size = file.metadata()?.len();
+    if size > limit {
+        return Ok((String::new(), Some(Damage::TooLarge { bytes: size })));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // bounded even if the file grows meanwhile (a writer that ignores the lock)
+    Read::by_ref(&mut file).take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok((String::new(), Some(Damage::TooLarge { bytes: bytes.len() as u64 })));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok((text, None)),
+        Err(e) => Ok((String::new(), Some(Damage::Unreadable(format!("not UTF-8 text: {}", e.utf8_error()))))),
     }
 }
 

@@ -1,8 +1,53 @@
 //! A small owned XML tree: parsed with roxmltree (no DTDs, no entity expansion), edited in
 //! place, written back. Configuration merging and the device state files both need to change
 //! a document and serialize it again, which a read-only parser cannot do.
+//!
+//! Every document is parsed within [`Limits`] (bytes, nesting depth, nodes) checked before a
+//! tree is built, and nothing here recurses over a document: building, writing and dropping a
+//! tree walk it with an explicit stack. A client controls the shape of a query answer, and a
+//! stack overflow cannot be caught — it aborts the whole process with every request in it.
 
 use std::fmt::Write as _;
+
+/// The most a document may be, checked before anything is built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of text.
+    pub bytes: usize,
+    /// Element nesting; the root element is level 1.
+    pub depth: usize,
+    /// Nodes: elements, text runs, comments and processing instructions.
+    pub nodes: usize,
+}
+
+/// How deep a device state file may nest (`state/queries/<id>/<answer…>`). innovaphone
+/// documents nest a handful of levels (`info/reg`, `info/sys`, a config dump a few more); 64
+/// is ten times the deepest we know of, and shallow enough for any thread's stack.
+pub const STATE_DEPTH: usize = 64;
+
+impl Limits {
+    /// What a device sends as a query answer, and the master's box info. Answers are a few KB
+    /// up to some 100 KB (a few thousand elements); the bytes are the 1 MiB body cap of
+    /// query/vardump. An answer is stored three levels down in the state
+    /// (`state/queries/<id>`), so it may nest three levels less than a state file.
+    pub const DEVICE: Limits = Limits { bytes: 1 << 20, depth: STATE_DEPTH - 3, nodes: 100_000 };
+
+    /// A device state file as read from disk. We never write more than
+    /// [`crate::state::MAX_STATE_BYTES`] for a query answer plus the log and stamps later
+    /// requests add, well inside these 2 MiB; written compactly, such a file cannot hold more
+    /// than a node per 4 bytes (`<a/>`). A file beyond them was not written by this server
+    /// for a real device (or is damaged) and is set aside.
+    pub const STATE: Limits = Limits { bytes: 2 << 20, depth: STATE_DEPTH, nodes: 600_000 };
+
+    /// The operator's configuration (`config.xml`, the user file): a few KB to some 100 KB in
+    /// practice; generous, but bounded like everything else read into memory.
+    pub const CONFIGURATION: Limits = Limits { bytes: 8 << 20, depth: STATE_DEPTH, nodes: 1_000_000 };
+}
+
+/// Namespace declarations a document may make. No innovaphone document (answer, box info,
+/// configuration, state) declares any; roxmltree copies the namespaces in scope into every
+/// element that declares one, which many declarations turn into quadratic memory.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
@@ -10,7 +55,32 @@ pub struct Element {
     pub attrs: Vec<(String, String)>,
     /// Text directly inside the element (all text nodes concatenated).
     pub text: String,
+    /// Derived `Clone` and `PartialEq` recurse over these: fine, because every parsed tree
+    /// is at most [`Limits::depth`] deep and built trees are shallow.
     pub children: Vec<Element>,
+}
+
+/// Dropping a tree takes its descendants apart level by level, so a deep tree (whoever built
+/// it) never recurses.
+impl Drop for Element {
+    fn drop(&mut self) {
+        if self.children.iter().all(|c| c.children.is_empty()) {
+            return; // the common case: nothing below the children, plain drop is flat
+        }
+        let mut pending = std::mem::take(&mut self.children);
+        while let Some(mut element) = pending.pop() {
+            pending.append(&mut element.children);
+        }
+    }
+}
+
+/// What kind of failure a [`ParseError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not well-formed XML (or a DTD where none is allowed).
+    Malformed,
+    /// Well-formed or not, beyond the [`Limits`] of its kind: refused before a tree is built.
+    OverLimit,
 }
 
 /// Why a document could not be read, with the position a person can look at.
@@ -20,50 +90,252 @@ pub struct ParseError {
     pub line: u32,
     pub column: u32,
     pub message: String,
+    pub kind: ErrorKind,
+}
+
+impl ParseError {
+    fn over_limit(text: &str, offset: usize, message: String) -> ParseError {
+        let (line, column) = position(text, offset);
+        ParseError { line, column, message, kind: ErrorKind::OverLimit }
+    }
+}
+
+/// Line and column (both from 1, columns in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (u32, u32) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(column).unwrap_or(u32::MAX))
+}
+
+/// Parses `text` with roxmltree within `limits`: the size and a cheap scan of the markup
+/// (nesting, elements, namespace declarations) are checked before roxmltree builds anything,
+/// the parsed document's depth once more after it (entities of an allowed DTD can add
+/// elements the scan does not see).
+pub fn parse_document<'a>(text: &'a str, limits: &Limits, allow_dtd: bool) -> Result<roxmltree::Document<'a>, ParseError> {
+    if text.len() > limits.bytes {
+        return Err(ParseError::over_limit(
+            text,
+            limits.bytes,
+            format!("the document is {} bytes, more than the {} allowed", text.len(), limits.bytes),
+        ));
+    }
+    check_markup(text, limits)?;
+    let nodes_limit = u32::try_from(limits.nodes).unwrap_or(u32::MAX);
+    let options = roxmltree::ParsingOptions { allow_dtd, nodes_limit };
+    let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| {
+        let pos = e.pos();
+        let kind = match e {
+            roxmltree::Error::NodesLimitReached
+            | roxmltree::Error::AttributesLimitReached
+            | roxmltree::Error::NamespacesLimitReached => ErrorKind::OverLimit,
+            _ => ErrorKind::Malformed,
+        };
+        ParseError { line: pos.row, column: pos.col, message: e.to_string(), kind }
+    })?;
+    // nodes come in document order, a parent before its children: a node's level is its
+    // parent's plus one (the document node, not an element, is level 0)
+    let mut levels = vec![0u32; doc.descendants().count()];
+    for node in doc.descendants().filter(|n| n.is_element()) {
+        let parent = node.parent().map_or(0, |p| levels.get(p.id().get() as usize).copied().unwrap_or(0));
+        let level = parent + 1;
+        if level as usize > limits.depth {
+            return Err(ParseError::over_limit(text, node.range().start, too_deep(limits)));
+        }
+        if let Some(slot) = levels.get_mut(node.id().get() as usize) {
+            *slot = level;
+        }
+    }
+    Ok(doc)
+}
+
+fn too_deep(limits: &Limits) -> String {
+    format!("elements nest more than {} levels deep", limits.depth)
+}
+
+/// The scan before parsing: counts start tags, tracks nesting and namespace declarations, and
+/// stops at the first limit exceeded. It is exact for well-formed documents (markup cannot hide
+/// in comments, CDATA, processing instructions or quoted values, which it skips) and does not
+/// judge anything else: roxmltree reports malformed documents afterwards.
+fn check_markup(text: &str, limits: &Limits) -> Result<(), ParseError> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut elements, mut declarations) = (0usize, 0usize, 0usize);
+    let mut at = 0;
+    while let Some(found) = text[at..].find('<') {
+        let start = at + found;
+        let rest = &bytes[start..];
+        at = if rest.starts_with(b"<!--") {
+            skip_past(text, start + 4, "-->")
+        } else if rest.starts_with(b"<![CDATA[") {
+            skip_past(text, start + 9, "]]>")
+        } else if rest.starts_with(b"<?") {
+            skip_past(text, start + 2, "?>")
+        } else if rest.starts_with(b"<!") {
+            skip_declaration(bytes, start + 2)
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            skip_past(text, start + 2, ">")
+        } else {
+            elements += 1;
+            if elements > limits.nodes {
+                return Err(ParseError::over_limit(text, start, format!("more than {} elements", limits.nodes)));
+            }
+            let tag = scan_start_tag(bytes, start + 1);
+            declarations += tag.namespace_declarations;
+            if declarations > MAX_NAMESPACE_DECLARATIONS {
+                return Err(ParseError::over_limit(
+                    text,
+                    start,
+                    format!("more than {MAX_NAMESPACE_DECLARATIONS} namespace declarations"),
+                ));
+            }
+            if depth + 1 > limits.depth {
+                return Err(ParseError::over_limit(text, start, too_deep(limits)));
+            }
+            if !tag.self_closing {
+                depth += 1;
+            }
+            tag.end
+        };
+    }
+    Ok(())
+}
+
+/// The offset just after the next `end` at or after `from` (the text's end when there is none).
+fn skip_past(text: &str, from: usize, end: &str) -> usize {
+    text.get(from..).and_then(|rest| rest.find(end)).map_or(text.len(), |i| from + i + end.len())
+}
+
+/// Past a `<!DOCTYPE …>` (or another `<!…>` declaration): quoted strings and an internal
+/// subset in brackets may contain `>`.
+fn skip_declaration(bytes: &[u8], from: usize) -> usize {
+    let (mut quote, mut brackets) = (None, 0usize);
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'[') => brackets += 1,
+            (None, b']') => brackets = brackets.saturating_sub(1),
+            (None, b'>') if brackets == 0 => return i + 1,
+            _ => {}
+        }
+    }
+    bytes.len()
+}
+
+struct StartTag {
+    /// Just past the `>`.
+    end: usize,
+    self_closing: bool,
+    namespace_declarations: usize,
+}
+
+/// A start tag from just after its `<`: where it ends, whether it is `<…/>`, and how many
+/// `xmlns` / `xmlns:p` attributes it has. A `<` (never allowed inside a tag, not even quoted)
+/// ends the scan of the tag there.
+fn scan_start_tag(bytes: &[u8], from: usize) -> StartTag {
+    let mut quote = None;
+    let mut declarations = 0;
+    let mut i = from;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) if b == b'<' => return StartTag { end: i, self_closing: false, namespace_declarations: declarations },
+            Some(_) => {}
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'<' => return StartTag { end: i, self_closing: false, namespace_declarations: declarations },
+                b'>' => {
+                    let self_closing = i > from && bytes[i - 1] == b'/';
+                    return StartTag { end: i + 1, self_closing, namespace_declarations: declarations };
+                }
+                b' ' | b'\t' | b'\r' | b'\n' => {
+                    let name = &bytes[i + 1..];
+                    if name.starts_with(b"xmlns") && matches!(name.get(5), Some(b':' | b'=' | b' ' | b'\t' | b'\r' | b'\n')) {
+                        declarations += 1;
+                    }
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    StartTag { end: bytes.len(), self_closing: false, namespace_declarations: declarations }
+}
+
+/// How a tree is written: elements down to `indent_levels` levels below the root each start a
+/// line indented two spaces per level; deeper ones are written inline without added white
+/// space, so the output never grows with the depth of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub indent_levels: usize,
+}
+
+impl Layout {
+    /// Every element on its own line (configuration, whose depth is the operator's).
+    pub const INDENTED: Layout = Layout { indent_levels: usize::MAX };
 }
 
 impl Element {
     pub fn new(name: &str) -> Element {
-        Element { name: name.to_string(), ..Element::default() }
+        Element { name: name.to_string(), attrs: Vec::new(), text: String::new(), children: Vec::new() }
     }
 
-    /// Parses a whole document from an untrusted source (a device, a request): a document
-    /// type declaration is refused, so no entity can be defined, let alone expanded.
+    /// Parses a whole document from an untrusted source (a device, the master) within
+    /// [`Limits::DEVICE`]: a document type declaration is refused, so no entity can be defined,
+    /// let alone expanded.
     pub fn parse(text: &str) -> Result<Element, ParseError> {
-        Element::parse_with(text, false)
+        Element::parse_within(text, &Limits::DEVICE)
+    }
+
+    /// Parses an untrusted document within `limits` (no DTD).
+    pub fn parse_within(text: &str, limits: &Limits) -> Result<Element, ParseError> {
+        Ok(Element::from_document(&parse_document(text, limits, false)?))
     }
 
     /// Parses a file the operator wrote (configuration): a `<!DOCTYPE … SYSTEM "full-config.dtd">`
     /// line is allowed, as the documentation recommends it for editors. External DTDs are never
     /// loaded.
     pub fn parse_trusted(text: &str) -> Result<Element, ParseError> {
-        Element::parse_with(text, true)
+        Ok(Element::from_document(&parse_document(text, &Limits::CONFIGURATION, true)?))
     }
 
-    fn parse_with(text: &str, allow_dtd: bool) -> Result<Element, ParseError> {
-        let options = roxmltree::ParsingOptions { allow_dtd, nodes_limit: 1_000_000 };
-        let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| {
-            let pos = e.pos();
-            ParseError { line: pos.row, column: pos.col, message: e.to_string() }
-        })?;
-        Ok(Element::from_node(doc.root_element()))
-    }
-
-    fn from_node(node: roxmltree::Node) -> Element {
-        let mut element = Element {
-            name: node.tag_name().name().to_string(),
-            attrs: node.attributes().map(|a| (a.name().to_string(), a.value().to_string())).collect(),
-            text: String::new(),
-            children: Vec::new(),
-        };
-        for child in node.children() {
-            if child.is_element() {
-                element.children.push(Element::from_node(child));
-            } else if child.is_text() {
-                element.text.push_str(child.text().unwrap_or(""));
+    /// The owned copy of a parsed document, built with an explicit stack (no recursion).
+    fn from_document(doc: &roxmltree::Document) -> Element {
+        fn shallow(node: roxmltree::Node) -> Element {
+            let mut element = Element::new(node.tag_name().name());
+            element.attrs = node.attributes().map(|a| (a.name().to_string(), a.value().to_string())).collect();
+            element
+        }
+        let root = doc.root_element();
+        // the element being filled with its remaining children, and its unfinished ancestors
+        let mut current = (shallow(root), root.children());
+        let mut ancestors = Vec::new();
+        loop {
+            match current.1.next() {
+                Some(child) if child.is_element() => {
+                    ancestors.push(std::mem::replace(&mut current, (shallow(child), child.children())));
+                }
+                Some(child) => {
+                    if child.is_text() {
+                        current.0.text.push_str(child.text().unwrap_or(""));
+                    }
+                }
+                None => match ancestors.pop() {
+                    Some(parent) => {
+                        let (done, _) = std::mem::replace(&mut current, parent);
+                        current.0.children.push(done);
+                    }
+                    None => return current.0,
+                },
             }
         }
-        element
     }
 
     pub fn attr(&self, name: &str) -> Option<&str> {
@@ -124,39 +396,85 @@ impl Element {
         self.text.trim()
     }
 
-    /// The document form, with an XML declaration.
+    /// The document form, with an XML declaration, every element on its own line.
     pub fn to_document(&self) -> String {
+        self.to_document_with(Layout::INDENTED)
+    }
+
+    /// The document form, with an XML declaration, laid out as `layout` says.
+    pub fn to_document_with(&self, layout: Layout) -> String {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        self.write_to(&mut out, 0);
+        self.write_to(&mut out, layout);
         out
     }
 
-    fn write_to(&self, out: &mut String, depth: usize) {
-        for _ in 0..depth {
-            out.push_str("  ");
+    /// Writes the tree with an explicit stack (no recursion): an element is opened when it is
+    /// met and closed after its children.
+    fn write_to(&self, out: &mut String, layout: Layout) {
+        enum Step<'a> {
+            Open(&'a Element, usize),
+            Close(&'a Element, usize),
         }
-        out.push('<');
-        out.push_str(&self.name);
-        for (k, v) in &self.attrs {
-            let _ = write!(out, " {k}=\"{}\"", escape(v, true));
-        }
-        let text = self.text.trim();
-        if self.children.is_empty() && text.is_empty() {
-            out.push_str("/>\n");
-            return;
-        }
-        out.push('>');
-        out.push_str(&escape(text, false));
-        if !self.children.is_empty() {
-            out.push('\n');
-            for child in &self.children {
-                child.write_to(out, depth + 1);
-            }
+        let on_own_line = |depth: usize| depth < layout.indent_levels;
+        let indent = |out: &mut String, depth: usize| {
             for _ in 0..depth {
                 out.push_str("  ");
             }
+        };
+        let mut steps = vec![Step::Open(self, 0)];
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Open(element, depth) => {
+                    if on_own_line(depth) {
+                        indent(out, depth);
+                    }
+                    out.push('<');
+                    out.push_str(&element.name);
+                    for (k, v) in &element.attrs {
+                        let _ = write!(out, " {k}=\"{}\"", escape(v, true));
+                    }
+                    let text = element.text.trim();
+                    if element.children.is_empty() && text.is_empty() {
+                        out.push_str("/>");
+                        if on_own_line(depth) {
+                            out.push('\n');
+                        }
+                        continue;
+                    }
+                    out.push('>');
+                    out.push_str(&escape(text, false));
+                    if element.children.is_empty() {
+                        steps.push(Step::Close(element, depth));
+                        continue;
+                    }
+                    if on_own_line(depth + 1) {
+                        out.push('\n');
+                    }
+                    steps.push(Step::Close(element, depth));
+                    steps.extend(element.children.iter().rev().map(|child| Step::Open(child, depth + 1)));
+                }
+                Step::Close(element, depth) => {
+                    if !element.children.is_empty() && on_own_line(depth + 1) {
+                        indent(out, depth);
+                    }
+                    let _ = write!(out, "</{}>", element.name);
+                    if on_own_line(depth) {
+                        out.push('\n');
+                    }
+                }
+            }
         }
-        let _ = writeln!(out, "</{}>", self.name);
+    }
+
+    /// How many levels the tree nests (the element itself is level 1), without recursion.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut pending = vec![(self, 1usize)];
+        while let Some((element, level)) = pending.pop() {
+            deepest = deepest.max(level);
+            pending.extend(element.children.iter().map(|child| (child, level + 1)));
+        }
+        deepest
     }
 }
 
@@ -210,6 +528,7 @@ mod tests {
     fn error_has_position() {
         let err = Element::parse("<config>\n  <master info='x'>\n</config>").unwrap_err();
         assert_eq!(err.line, 3);
+        assert_eq!(err.kind, ErrorKind::Malformed);
     }
 
     #[test]
@@ -222,7 +541,135 @@ mod tests {
 
     fn strip_lines(mut e: Element) -> Element {
         e.text = e.text.trim().to_string();
-        e.children = e.children.into_iter().map(strip_lines).collect();
+        e.children = std::mem::take(&mut e.children).into_iter().map(strip_lines).collect();
+        e
+    }
+
+    fn nested(levels: usize) -> String {
+        format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels))
+    }
+
+    const SMALL: Limits = Limits { bytes: 1 << 20, depth: 8, nodes: 50 };
+
+    #[test]
+    fn depth_is_limited_before_parsing() {
+        assert_eq!(Element::parse_within(&nested(8), &SMALL).unwrap().depth(), 8);
+        let err = Element::parse_within(&nested(9), &SMALL).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OverLimit);
+        assert!(err.message.contains("8 levels"), "{err}");
+        // a self-closing element one level too deep counts too
+        let err = Element::parse_within(&format!("{}<b/>{}", "<a>".repeat(8), "</a>".repeat(8)), &SMALL).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OverLimit);
+        // a million levels: refused by the scan, long before anything could overflow a stack
+        let deep = nested(1_000_000);
+        let err = Element::parse_within(&deep, &Limits { bytes: deep.len(), ..Limits::DEVICE }).unwrap_err();
+        assert_eq!((err.kind, err.line), (ErrorKind::OverLimit, 1));
+    }
+
+    #[test]
+    fn markup_inside_comments_cdata_and_quoted_values_does_not_count() {
+        let doc = "<a x='<b><b><b>' y=\"/>\"><!-- <b><b><b><b><b><b><b><b><b> --><![CDATA[<b><b><b><b><b><b><b><b><b>]]><?pi <b><b><b><b><b><b><b><b><b>?><b/></a>";
+        // the `<` in the quoted value is not XML, the depth scan still is not fooled by it
+        assert_eq!(check_markup(doc, &SMALL), Ok(()));
+        let doc = "<a><!-- x --><![CDATA[ y ]]><?pi z?><b><c/></b></a>";
+        assert_eq!(Element::parse_within(doc, &SMALL).unwrap().depth(), 3);
+    }
+
+    #[test]
+    fn elements_bytes_and_namespaces_are_limited() {
+        let wide = format!("<a>{}</a>", "<b/>".repeat(60));
+        assert_eq!(Element::parse_within(&wide, &SMALL).unwrap_err().kind, ErrorKind::OverLimit);
+        let text_nodes = format!("<a>{}</a>", "<b/>x".repeat(30));
+        assert_eq!(Element::parse_within(&text_nodes, &SMALL).unwrap_err().kind, ErrorKind::OverLimit, "text runs are nodes");
+        let big = format!("<a>{}</a>", "x".repeat(100));
+        assert_eq!(Element::parse_within(&big, &Limits { bytes: 50, ..SMALL }).unwrap_err().kind, ErrorKind::OverLimit);
+        let declarations: String = (0..=MAX_NAMESPACE_DECLARATIONS).map(|i| format!("<p{i}:b xmlns:p{i}='u{i}'/>")).collect();
+        let err = Element::parse(&format!("<a>{declarations}</a>")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OverLimit);
+        assert!(Element::parse("<a xmlns='u' xmlns:p='v'><p:b/></a>").is_ok());
+    }
+
+    #[test]
+    fn entities_of_an_allowed_dtd_cannot_hide_depth() {
+        let doc = format!("<!DOCTYPE a [<!ENTITY e '{}'>]><a>&e;</a>", nested(STATE_DEPTH));
+        let err = Element::parse_trusted(&doc).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OverLimit, "{err}");
+    }
+
+    #[test]
+    fn deep_trees_are_written_and_dropped_without_recursion() {
+        // built by hand, far deeper than any parser lets through: writing, measuring and
+        // dropping it on a small stack must not overflow
+        let handle = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                let mut root = Element::new("a");
+                for _ in 0..200_000 {
+                    let mut parent = Element::new("a");
+                    parent.children.push(root);
+                    root = parent;
+                }
+                let written = root.to_document_with(Layout { indent_levels: 3 });
+                (root.depth(), written.len())
+            })
+            .unwrap();
+        let (depth, len) = handle.join().unwrap();
+        assert_eq!(depth, 200_001);
+        // only the first levels are indented: the document is the bare markup plus a little
+        let bare = 200_001 * "<a></a>".len();
+        assert!(len < bare + 100, "{len} vs {bare}");
+    }
+
+    #[test]
+    fn compact_layout_below_the_indented_levels() {
+        let root = Element::parse("<state a='1'><device/><queries><admin seen='2'><info><x>t</x><y/></info></admin></queries></state>").unwrap();
+        let written = root.to_document_with(Layout { indent_levels: 3 });
+        assert_eq!(
+            written,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<state a=\"1\">\n  <device/>\n  <queries>\n    <admin seen=\"2\"><info><x>t</x><y/></info></admin>\n  </queries>\n</state>\n"
+        );
+        assert_eq!(
+            root.to_document_with(Layout { indent_levels: 0 }),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<state a=\"1\"><device/><queries><admin seen=\"2\"><info><x>t</x><y/></info></admin></queries></state>"
+        );
+        assert_eq!(
+            root.to_document(),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<state a=\"1\">\n  <device/>\n  <queries>\n    <admin seen=\"2\">\n      <info>\n        <x>t</x>\n        <y/>\n      </info>\n    </admin>\n  </queries>\n</state>\n"
+        );
+    }
+
+    /// Any tree as a parser could hand it over: names, attributes, text, nesting.
+    fn any_tree() -> impl Strategy<Value = Element> {
+        let leaf = ("[a-z][a-z0-9]{0,3}", proptest::collection::vec(("[a-z]{1,3}", "\\PC{0,6}"), 0..3), "\\PC{0,6}").prop_map(|(name, attrs, text)| {
+            let mut e = Element::new(&name);
+            for (k, v) in attrs {
+                e.put_attr(&k, &v);
+            }
+            e.text = text;
+            e
+        });
+        leaf.prop_recursive(12, 64, 4, |inner| {
+            ("[a-z]{1,4}", proptest::collection::vec(inner, 0..4)).prop_map(|(name, children)| {
+                let mut e = Element::new(&name);
+                e.children = children;
+                e
+            })
+        })
+    }
+
+    /// What survives writing: trimmed text, characters XML can carry, attributes as put.
+    fn as_written(mut e: Element) -> Element {
+        e.text = e.text.chars().filter(|c| is_xml_char(*c)).collect::<String>().trim().to_string();
+        for (_, v) in e.attrs.iter_mut() {
+            *v = v.chars().filter(|c| is_xml_char(*c)).collect();
+        }
+        e.children = std::mem::take(&mut e.children).into_iter().map(as_written).collect();
+        e
+    }
+
+    fn normalised(mut e: Element) -> Element {
+        e.text = e.text.trim().to_string();
+        e.children = std::mem::take(&mut e.children).into_iter().map(normalised).collect();
         e
     }
 
@@ -236,5 +683,40 @@ mod tests {
             let got = back.attr("name").unwrap_or("").to_string();
             prop_assert_eq!(got, expected);
         }
+
+        #[test]
+        fn every_layout_reads_back_as_the_same_tree(tree in any_tree(), levels in 0usize..5) {
+            let written = tree.to_document_with(Layout { indent_levels: levels });
+            let back = Element::parse_within(&written, &Limits::STATE).unwrap();
+            prop_assert_eq!(normalised(back), as_written(tree.clone()));
+            // below the indented levels nothing is added: never longer than fully compact + the
+            // indentation of the first levels
+            let compact = tree.to_document_with(Layout { indent_levels: 0 });
+            prop_assert!(written.len() <= compact.len() + 2 * (levels * 2 + 1) * count(&tree));
+        }
+
+        #[test]
+        fn the_scan_agrees_with_the_parser_on_depth(tree in any_tree(), limit in 1usize..14) {
+            let written = tree.to_document_with(Layout { indent_levels: 2 });
+            let limits = Limits { depth: limit, ..Limits::STATE };
+            let scanned = check_markup(&written, &limits).is_ok();
+            prop_assert_eq!(scanned, tree.depth() <= limit);
+            prop_assert_eq!(Element::parse_within(&written, &limits).is_ok(), tree.depth() <= limit);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(text in "[<>/a-c!\\[\\]?'\"= -]{0,80}") {
+            let _ = Element::parse_within(&text, &SMALL);
+        }
+    }
+
+    fn count(tree: &Element) -> usize {
+        let mut n = 0;
+        let mut pending = vec![tree];
+        while let Some(e) = pending.pop() {
+            n += 1;
+            pending.extend(e.children.iter());
+        }
+        n
     }
 }

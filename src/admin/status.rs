@@ -347,11 +347,21 @@ pub fn single_row(root: &Path, config: &Config, sn: &str, now: i64, detail: bool
     Some(row_of_file(&path, sn, &context, &xpath::Shows::new(&config.tree), &mut Vec::new()))
 }
 
-/// Reads (into `buffer`, reused from file to file) and parses a state file.
+/// Reads (into `buffer`, reused from file to file) and parses a state file; one beyond the
+/// limits of a state file is not read (its row says why, and Delete removes it).
 fn read_state<'b>(path: &Path, buffer: &'b mut Vec<u8>) -> Result<roxmltree::Document<'b>, String> {
     use std::io::Read;
     buffer.clear();
-    std::fs::File::open(path).and_then(|mut file| file.read_to_end(buffer)).map_err(|e| e.to_string())?;
+    let limit = crate::xml::Limits::STATE.bytes as u64;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size > limit {
+        return Err(crate::state::Damage::TooLarge { bytes: size }.to_string());
+    }
+    file.take(limit + 1).read_to_end(buffer).map_err(|e| e.to_string())?;
+    if buffer.len() as u64 > limit {
+        return Err(crate::state::Damage::TooLarge { bytes: buffer.len() as u64 }.to_string());
+    }
     let text = std::str::from_utf8(buffer).map_err(|e| e.to_string())?;
     let doc = tree::parse(text)?;
     if doc.root_element().has_tag_name("state") {

@@ -39,8 +39,9 @@ impl<'a> Node<'a> {
     }
 }
 
-/// Parses a state file from an untrusted source: no DTD, so no entities.
+/// Parses a state file from an untrusted source within the limits of a state file (no DTD, so
+/// no entities; at most [`crate::xml::STATE_DEPTH`] levels, which everything that walks the
+/// tree afterwards relies on).
 pub fn parse(text: &str) -> Result<roxmltree::Document<'_>, String> {
-    let options = roxmltree::ParsingOptions { allow_dtd: false, nodes_limit: 1_000_000 };
-    roxmltree::Document::parse_with_options(text, options).map_err(|e| e.to_string())
+    crate::xml::parse_document(text, &crate::xml::Limits::STATE, false).map_err(|e| e.to_string())
 }

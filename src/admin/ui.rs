@@ -59,20 +59,25 @@ fn state_path(root: &Path, config: &Config, sn: &str) -> Option<std::path::PathB
     config.status.as_ref().map(|s| root.join(&s.dir).join(format!("{sn}.xml")))
 }
 
-/// Removes a device's state, under its lock so that a poll in progress finishes first.
+/// Removes a device's state (a damaged one too, which is not read for this), under its lock so
+/// that a poll in progress finishes first; a damaged copy kept aside goes with it.
 fn delete_state(root: &Path, config: &Config, sn: &str) -> bool {
     let Some(path) = state_path(root, config, sn).filter(|p| p.is_file()) else { return false };
     match LockedState::open(&path) {
-        Ok(locked) if locked.existed() => std::fs::remove_file(&path).is_ok(),
+        Ok(locked) if locked.existed() => {
+            let _ = std::fs::remove_file(crate::state::set_aside_path(&path));
+            std::fs::remove_file(&path).is_ok()
+        }
         _ => false,
     }
 }
 
-/// Marks a device as seen now (it is no longer "missing").
+/// Marks a device as seen now (it is no longer "missing"). A damaged state is left as it is
+/// (false): touching must not replace it by a fresh one; Delete removes it.
 fn touch_state(root: &Path, config: &Config, sn: &str, now: i64) -> bool {
     let Some(path) = state_path(root, config, sn).filter(|p| p.is_file()) else { return false };
     match LockedState::open(&path) {
-        Ok(mut locked) if locked.existed() => {
+        Ok(mut locked) if locked.existed() && locked.damage().is_none() => {
             locked.state.set_attr("seen", now.to_string());
             locked.save().is_ok()
         }

@@ -163,18 +163,25 @@ fn shallow<'d>(document: &sxd_document::dom::Document<'d>, element: Node) -> sxd
     node
 }
 
-/// The element with everything in it (elements and text).
+/// The element with everything in it (elements and text), copied with an explicit stack: the
+/// shape of a stored answer is the device's (its depth is bounded when the file is parsed,
+/// and this copy does not rely on it).
 fn build<'d>(document: &sxd_document::dom::Document<'d>, element: Node) -> sxd_document::dom::Element<'d> {
-    let node = shallow(document, element);
-    let Some(raw) = element.raw() else { return node };
-    for child in raw.children() {
-        if child.is_element() {
-            node.append_child(build(document, Node::of(child)));
-        } else if let Some(text) = child.text().filter(|t| !t.trim().is_empty()) {
-            node.append_child(document.create_text(text));
+    let top = shallow(document, element);
+    let Some(raw) = element.raw() else { return top };
+    let mut pending = vec![(top, raw)];
+    while let Some((copy, original)) = pending.pop() {
+        for child in original.children() {
+            if child.is_element() {
+                let child_copy = shallow(document, Node::of(child));
+                copy.append_child(child_copy);
+                pending.push((child_copy, child));
+            } else if let Some(text) = child.text().filter(|t| !t.trim().is_empty()) {
+                copy.append_child(document.create_text(text));
+            }
         }
     }
-    node
+    top
 }
 
 /// What a value looks like in a cell.

@@ -161,7 +161,11 @@ pub fn find_user_file(root: &Path) -> Option<String> {
 
 fn read_document(root: &Path, name: &str) -> Result<Element, ConfigError> {
     let path: PathBuf = root.join(name);
-    let text = std::fs::read_to_string(&path)
+    // read no more than a configuration may be (parse_trusted refuses the rest with a message)
+    let limit = crate::xml::Limits::CONFIGURATION.bytes as u64 + 1;
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|file| std::io::Read::read_to_string(&mut std::io::Read::take(file, limit), &mut text))
         .map_err(|e| ConfigError::Unreadable { file: name.to_string(), reason: e.to_string() })?;
     Element::parse_trusted(&text).map_err(|e| ConfigError::Malformed {
         file: name.to_string(),

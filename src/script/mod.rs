@@ -166,6 +166,13 @@ impl Run<'_> {
         let hwid = call.arg("hwid").unwrap_or_default();
 
         let mut store = self.open_state(serial)?;
+        if let StateStore::File(locked) = &store {
+            if let Some(damage) = locked.damage() {
+                // the poll goes on with a fresh state (see LockedState::open); the note also
+                // starts the fresh state's log
+                self.script.note(format!("device state {serial}.xml {damage}; a fresh state replaces it"));
+            }
+        }
         let now = call.now;
         let logkeep = config.status.as_ref().map_or(0, |s| s.logkeep);
         {
@@ -531,7 +538,7 @@ impl Run<'_> {
         let lines = crate::dynamic::run(
             &program,
             self.root,
-            &doc.to_document(),
+            &state::render(doc),
             &environment,
             std::time::Duration::from_secs(dynamic.timeout_secs),
         )?;
