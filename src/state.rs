@@ -507,6 +507,68 @@ mod tests {
     }
 
     #[test]
+    fn damaged_files_give_a_fresh_state_and_a_readable_one_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00-90-33-3e-0c-57.xml");
+        let deep = format!("<state>{}{}</state>", "<a>".repeat(70), "</a>".repeat(70));
+        for (content, what) in [(deep.as_bytes(), "levels deep"), (b"<state><x></state>".as_slice(), "line 1"), (b"\xff\xfe<state/>".as_slice(), "UTF-8"), (b"<other/>".as_slice(), "<other>")] {
+            fs::write(&path, content).unwrap();
+            let mut locked = LockedState::open(&path).unwrap();
+            assert!(locked.existed());
+            let damage = locked.damage().expect("damaged").to_string();
+            assert!(damage.contains(what), "{damage}");
+            assert!(locked.state.children.is_empty() && locked.state.attrs.is_empty(), "fresh");
+            locked.state.set_attr("seen", "5");
+            locked.save().unwrap();
+            assert_eq!(fs::read(set_aside_path(&path)).unwrap(), content, "kept aside");
+            assert_eq!(LockedState::open(&path).unwrap().state.attr("seen"), Some("5"));
+        }
+        // too large: not read, replaced, not kept
+        let _ = fs::remove_file(set_aside_path(&path));
+        fs::write(&path, vec![b' '; Limits::STATE.bytes + 1]).unwrap();
+        let mut locked = LockedState::open(&path).unwrap();
+        assert_eq!(locked.damage(), Some(&Damage::TooLarge { bytes: Limits::STATE.bytes as u64 + 1 }));
+        locked.state.set_attr("seen", "6");
+        locked.save().unwrap();
+        assert!(fs::metadata(&path).unwrap().len() < 100);
+        assert!(!set_aside_path(&path).exists());
+    }
+
+    #[test]
+    fn a_state_over_its_size_limit_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00-90-33-3e-0c-57.xml");
+        let mut locked = LockedState::open(&path).unwrap();
+        locked.state.set_attr("seen", "1");
+        locked.save().unwrap();
+        let before = fs::read(&path).unwrap();
+        let mut locked = LockedState::open(&path).unwrap();
+        locked.state.child_or_insert("queries").child_or_insert("admin").text = "x".repeat(2000);
+        locked.limit_size(1000);
+        match locked.save() {
+            Err(SaveError::TooLarge { bytes, limit: 1000 }) => assert!(bytes > 2000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), before, "the old state is kept");
+        // never more than a state file may be read back with, whatever the caller asks
+        let mut locked = LockedState::open(&path).unwrap();
+        locked.limit_size(usize::MAX);
+        locked.state.child_or_insert("queries").child_or_insert("admin").text = "x".repeat(Limits::STATE.bytes);
+        assert!(matches!(locked.save(), Err(SaveError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_stored_answer_is_written_without_indentation_of_its_own() {
+        let mut s = Element::new("state");
+        let answer = Element::parse("<info>\n  <a>\n    <b x='1'/>\n  </a>\n</info>").unwrap();
+        crate::queries::store_answer(&mut s, "admin", answer, 7);
+        assert_eq!(
+            render(&s),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<state>\n  <queries>\n    <admin seen=\"7\"><info><a><b x=\"1\"/></a></info></admin>\n  </queries>\n</state>\n"
+        );
+    }
+
+    #[test]
     fn parallel_writers_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("00-90-33-3e-0c-57.xml");

@@ -637,3 +637,71 @@ fn long_lists_come_in_pages() {
     assert_eq!(rows(&filtered), 22);
     assert!(filtered.body.contains("22 of 1104 devices") && !filtered.body.contains("id=\"pager\""));
 }
+
+/// A state file 100,000 levels deep (700 KB) under the `registration` answer the `show`
+/// columns read, and one of 2.6 MB: written by anything but this server (an older version
+/// stored such answers). The old code recursed over them and overflowed the stack.
+fn poisoned_states(admin: &Admin) -> (PathBuf, PathBuf) {
+    let deep = format!(
+        "<state seen=\"1\"><device sn=\"00-90-33-3e-0c-57\"/><queries><registration seen=\"1\"><info>{}{}</info></registration></queries></state>",
+        "<a>".repeat(100_000),
+        "</a>".repeat(100_000)
+    );
+    let large = format!("<state seen=\"1\"><queries><admin seen=\"1\"><info>{}</info></admin></queries></state>", "<x/>".repeat(650_000));
+    write_state(&admin.root, "00-90-33-3e-0c-57", &deep);
+    write_state(&admin.root, "00-90-33-aa-bb-cc", &large);
+    (admin.path("status/00-90-33-3e-0c-57.xml"), admin.path("status/00-90-33-aa-bb-cc.xml"))
+}
+
+#[test]
+fn poisoned_state_files_are_shown_touched_and_deleted_without_a_crash() {
+    let admin = Admin::new();
+    let (deep, large) = poisoned_states(&admin);
+    let (deep_bytes, large_bytes) = (fs::read(&deep).unwrap(), fs::read(&large).unwrap());
+    let (cookie, csrf) = admin.login();
+    let page = admin.get("mode=status", &[HTTPS, ("HTTP_COOKIE", &cookie)]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("levels deep"), "the deep file's row says why it is not shown");
+    assert!(page.body.contains(&format!("is {} bytes, more than the", large_bytes.len())), "the large file's row says why");
+    assert!(page.body.contains("Alice phone"), "the other devices are listed as before");
+    for sn in ["00-90-33-3e-0c-57", "00-90-33-aa-bb-cc"] {
+        let row = admin.get(&format!("mode=ui&cmd=updatestatus&sn={sn}&detail=1"), &[HTTPS, ("HTTP_COOKIE", &cookie)]);
+        assert_eq!(row.status, 200, "{sn}: {}", row.body);
+        assert!(row.body.contains("broken"), "{sn}: {}", row.body);
+    }
+    let extra = [HTTPS, ("HTTP_COOKIE", cookie.as_str()), ("HTTP_X_CSRF_TOKEN", csrf.as_str())];
+    for (sn, path, bytes) in [("00-90-33-3e-0c-57", &deep, &deep_bytes), ("00-90-33-aa-bb-cc", &large, &large_bytes)] {
+        let touched = admin.post(&format!("mode=ui&cmd=touchstatus&sn={sn}"), &extra, "");
+        assert_eq!((touched.status, touched.body.trim()), (200, "false"), "touch does not replace a damaged state");
+        assert_eq!(&fs::read(path).unwrap(), bytes, "{sn}: unchanged by touch");
+    }
+    for sn in ["00-90-33-3e-0c-57", "00-90-33-aa-bb-cc"] {
+        let deleted = admin.post(&format!("mode=ui&cmd=delstatus&sn={sn}"), &extra, "");
+        assert_eq!((deleted.status, deleted.body.trim()), (200, "true"), "{sn}");
+        assert!(!admin.path(&format!("status/{sn}.xml")).exists());
+    }
+    assert!(fs::read_dir(admin.path("status")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("3e-0c-57")));
+}
+
+#[test]
+fn a_poll_replaces_a_poisoned_state_by_a_fresh_one_and_says_so() {
+    let admin = Admin::new();
+    let (deep, large) = poisoned_states(&admin);
+    let deep_bytes = fs::read(&deep).unwrap();
+    let poll = cgi_get(&admin.root, &CgiContext::default(), "update.php", DEVICE_QUERY);
+    assert_eq!(poll.status, 200);
+    assert!(poll.body.contains("levels deep; a fresh state replaces it"), "{}", poll.body);
+    assert!(poll.body.contains("iresetn"), "the script is complete: {}", poll.body);
+    let fresh = fs::read_to_string(&deep).unwrap();
+    assert!(fresh.len() < 10_000 && fresh.contains("type=\"IP232\"") && fresh.contains("levels deep"), "a fresh state with the note in its log: {fresh}");
+    assert_eq!(fs::read(admin.path("status/00-90-33-3e-0c-57.xml.broken")).unwrap(), deep_bytes, "the damaged file is kept aside");
+    let again = cgi_get(&admin.root, &CgiContext::default(), "update.php", DEVICE_QUERY);
+    assert!(!again.body.contains("fresh state"), "the next poll uses the fresh state: {}", again.body);
+
+    // the oversized one: replaced, not kept (it is not even read)
+    let query = DEVICE_QUERY.replace("00-90-33-3e-0c-57", "00-90-33-aa-bb-cc").replace("IP232-3e-0c-57", "IP232-aa-bb-cc");
+    let poll = cgi_get(&admin.root, &CgiContext::default(), "update.php", &query);
+    assert!(poll.body.contains("bytes, more than the 2097152 a state file may have; a fresh state replaces it"), "{}", poll.body);
+    assert!(fs::metadata(&large).unwrap().len() < 10_000);
+    assert!(!admin.path("status/00-90-33-aa-bb-cc.xml.broken").exists());
+}
