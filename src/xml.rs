@@ -149,8 +149,30 @@ pub fn parse_document<'a>(text: &'a str, limits: &Limits, allow_dtd: bool) -> Re
         if let Some(slot) = levels.get_mut(node.id().get() as usize) {
             *slot = level;
         }
+        if let Some(name) = repeated_local_name(node) {
+            let (line, column) = position(text, node.range().start);
+            return Err(ParseError {
+                line,
+                column,
+                message: format!("attribute '{name}' appears twice once namespace prefixes are dropped"),
+                kind: ErrorKind::Malformed,
+            });
+        }
     }
     Ok(doc)
+}
+
+/// The owned tree keeps local names only (no innovaphone document uses namespaces), so
+/// `p:a="1" q:a="2"` would be written back as `a="1" a="2"`, which no parser reads: the next
+/// poll would set the device's whole state aside. Such a document is refused instead. Elements
+/// carry a handful of attributes, so the quadratic check is cheap.
+fn repeated_local_name<'a>(node: roxmltree::Node<'a, '_>) -> Option<&'a str> {
+    let attributes: Vec<roxmltree::Attribute> = node.attributes().collect();
+    attributes
+        .iter()
+        .enumerate()
+        .find(|(i, a)| attributes[..*i].iter().any(|b| b.name() == a.name()))
+        .map(|(_, a)| a.name())
 }
 
 fn too_deep(limits: &Limits) -> String {
@@ -719,4 +741,16 @@ mod tests {
         }
         n
     }
+
+    #[test]
+    fn namespaced_attributes_that_collide_are_refused() {
+        let error = Element::parse(r#"<info xmlns:p="urn:p" xmlns:q="urn:q" p:a="1" q:a="2"/>"#).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Malformed);
+        assert!(error.message.contains("attribute 'a' appears twice"), "{error}");
+        // one prefixed attribute is harmless: it is kept under its local name
+        let kept = Element::parse(r#"<info xmlns:p="urn:p" p:a="1" b="2"/>"#).unwrap();
+        assert_eq!(kept.attr("a"), Some("1"));
+        assert!(Element::parse(&kept.to_document()).is_ok());
+    }
+
 }
