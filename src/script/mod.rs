@@ -478,9 +478,10 @@ impl Run<'_> {
     /// device's row. The refusal goes to the server log instead (SPEC §1).
     fn refuse_untrusted(&mut self, store: StateStore, serial: &str, refusal: &str) -> Result<(), Bailout> {
         drop(store);
-        let shown: String = serial.chars().filter(|c| !c.is_control()).take(64).collect();
+        // `serial` was validated (device::validate) and made canonical before the script ran:
+        // it is safe to log as it is
         eprintln!(
-            "update-server: forcetrust refused a poll for sn={shown} from {}: {refusal} (state left unchanged)",
+            "update-server: forcetrust refused a poll for sn={serial} from {}: {refusal} (state left unchanged)",
             self.call.origin.ip
         );
         Ok(())
