@@ -84,24 +84,44 @@ pub fn store(root: &Path, backup: &Backup, hwid: &str, body: &str, now: i64) -> 
     let index = existing.last().map_or(0, |n| n.index + 1);
     let path = folder.join(format!("{hwid}.{index}.txt"));
     crate::state::write_atomically(&path, content.as_bytes())?;
-    let keep = backup.nbackups.max(1) as usize;
+    let mut all: Vec<(Stored, Option<i64>)> = existing
+        .into_iter()
+        .map(|stored| {
+            let placed = placed_at(&stored.path);
+            (stored, placed)
+        })
+        .collect();
+    all.push((Stored { index, path: path.clone() }, Some(now)));
     let mut removed = Vec::new();
-    let mut all = existing;
-    all.push(Stored { index, path: path.clone() });
-    let excess = all.len().saturating_sub(keep);
-    let min_age_secs = (backup.minage_days * 86400.0) as i64;
-    for old in all.into_iter().take(excess) {
-        let age = std::fs::metadata(&old.path)
-            .and_then(|m| m.modified())
-            // a file written by a request that got the device's lock before this one may be
-            // newer than this request's clock reading: that is age 0, not negative
-            .map(|t| (now - crate::clock::epoch_of(t)).max(0))
-            .unwrap_or(i64::MAX);
-        if age >= min_age_secs && std::fs::remove_file(&old.path).is_ok() {
+    for old in over_limit_to_remove(all, backup.nbackups, backup.minage_days, now) {
+        if std::fs::remove_file(&old.path).is_ok() {
             removed.push(old.path);
         }
     }
     Ok(Outcome::Stored { path, removed })
+}
+
+/// When a backup file was put where it is: its status change time, which no copy that keeps
+/// modification times (`cp -p`, `rsync -a`, a restore) can set back, so a folder moved in is
+/// as young as the move (the old server measured `minage` on this time too).
+fn placed_at(path: &Path) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ctime())
+}
+
+/// Of the backups (oldest first, each with the time it was placed, None when unknown), the
+/// oldest beyond `nbackups` that are older than `minage_days` whole days; a younger one stays
+/// although it is over the limit, and so do the files after it, which are younger still.
+fn over_limit_to_remove(all: Vec<(Stored, Option<i64>)>, nbackups: i64, minage_days: i64, now: i64) -> Vec<Stored> {
+    let keep = nbackups.max(1) as usize;
+    let excess = all.len().saturating_sub(keep);
+    let deadline = now.saturating_sub(minage_days.saturating_mul(86400));
+    all.into_iter()
+        .take(excess)
+        // strictly before the deadline: with minage 0 a file placed in this very second stays
+        .filter(|(_, placed)| placed.is_some_and(|t| t < deadline))
+        .map(|(stored, _)| stored)
+        .collect()
 }
 
 /// Takes away what a process killed in the middle of writing a backup of this device left in
@@ -119,7 +139,7 @@ mod tests {
     use super::*;
 
     fn config(n: i64) -> Backup {
-        Backup { dir: "backup".into(), nbackups: n, scfg: String::new(), minage_days: 0.0, maxsize: 1 << 20 }
+        Backup { dir: "backup".into(), nbackups: n, scfg: String::new(), minage_days: 0, maxsize: 1 << 20 }
     }
 
     #[test]
@@ -156,6 +176,41 @@ mod tests {
         store(dir.path(), &config(3), "X", "config change CMD0 /name x", crate::clock::now()).unwrap();
         assert!(!stale.exists(), "left by a killed writer: removed");
         assert!(fresh.exists(), "maybe a write in progress: kept");
+    }
+
+    fn at(index: u64, placed: i64) -> (Stored, Option<i64>) {
+        (Stored { index, path: PathBuf::from(format!("X.{index}.txt")) }, Some(placed))
+    }
+
+    fn indexes(list: Vec<Stored>) -> Vec<u64> {
+        list.into_iter().map(|s| s.index).collect()
+    }
+
+    #[test]
+    fn over_limit_files_go_oldest_first_unless_younger_than_minage() {
+        let now = 10 * 86400;
+        let five = || vec![at(1, 0), at(2, 86400), at(3, 5 * 86400), at(4, 9 * 86400), at(5, now)];
+        assert_eq!(indexes(over_limit_to_remove(five(), 3, 0, now)), [1, 2]);
+        assert_eq!(indexes(over_limit_to_remove(five(), 2, 0, now)), [1, 2, 3]);
+        // minage 6 days: the deadline is day 4; file 3 (day 5) is over the limit but stays
+        assert_eq!(indexes(over_limit_to_remove(five(), 2, 6, now)), [1, 2]);
+        assert_eq!(indexes(over_limit_to_remove(five(), 2, 30, now)), Vec::<u64>::new());
+        assert_eq!(indexes(over_limit_to_remove(five(), 10, 0, now)), Vec::<u64>::new());
+        // minage 0: strictly older than now; one placed this second stays, an unknown time too
+        let same_second = vec![at(1, now), (Stored { index: 2, path: PathBuf::from("X.2.txt") }, None), at(3, now)];
+        assert_eq!(indexes(over_limit_to_remove(same_second, 1, 0, now)), Vec::<u64>::new());
+        // nbackups 0 keeps one (the new backup)
+        assert_eq!(indexes(over_limit_to_remove(vec![at(1, 0), at(2, 1)], 0, 0, now)), [1]);
+    }
+
+    #[test]
+    fn minage_counts_whole_days_like_the_old_server() {
+        let defaults = crate::xml::Element::parse_trusted(include_str!("../config.xml")).unwrap();
+        for (value, days) in [("0.5", 0), ("3", 3), (" 2", 2), ("7days", 7), ("x", 0)] {
+            let user = format!("<config><master info=''/><backup dir='backup' minage='{value}'/></config>");
+            let config = crate::config::build(defaults.clone(), &crate::xml::Element::parse(&user).unwrap(), "user-config.xml").unwrap();
+            assert_eq!(config.backup.unwrap().minage_days, days, "minage='{value}'");
+        }
     }
 
     #[test]

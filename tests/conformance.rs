@@ -1,5 +1,6 @@
-//! The recorded conformance cases (`shared/conformance`, recorded from the PHP reference) run
-//! against the binary cargo built for this test, through CGI, by the harness `run.py`.
+//! The recorded conformance cases run against the binary cargo built for this test, through
+//! CGI, by the harness `run.py`: the shared corpus (`shared/conformance/cases`) and this
+//! repository's own cases (`tests/cases`), both recorded from the PHP reference.
 //!
 //! The install tree given to the harness is a clean copy of the repository (what a fresh clone
 //! has); the harness copies it into a fresh root per case. Its temporary roots go to a directory
@@ -7,7 +8,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::{binary, copy_install_tree, repo_root, run_with_timeout};
@@ -16,7 +17,7 @@ use support::{binary, copy_install_tree, repo_root, run_with_timeout};
 /// may only be listed here with a reason that SPEC.md gives (a deliberate deviation).
 const ALLOWED_TO_FAIL: &[&str] = &[];
 
-/// The whole harness run may not take longer than this.
+/// One whole harness run may not take longer than this.
 const HARNESS_LIMIT: Duration = Duration::from_secs(900);
 
 fn shared_dir() -> PathBuf {
@@ -28,7 +29,25 @@ fn allowed_to_fail(case: &str) -> bool {
 }
 
 #[test]
-fn conformance_cases_pass_through_cgi() {
+fn shared_conformance_cases_pass_through_cgi() {
+    run_cases(None);
+}
+
+/// Cases recorded for this repository (divergences from the PHP server found and fixed here).
+#[test]
+fn own_conformance_cases_pass_through_cgi() {
+    let own = repo_root().join("tests").join("cases");
+    let count = std::fs::read_dir(&own)
+        .map(|entries| entries.flatten().filter(|e| e.path().join("case.json").is_file()).count())
+        .unwrap_or(0);
+    assert!(count > 0, "no case directories in {}", own.display());
+    let ran = run_cases(Some(own.as_path()));
+    assert_eq!(ran, count, "the harness did not run every case of {}", own.display());
+}
+
+/// Runs the harness on `cases` (the shared corpus when None); fails unless every case passes.
+/// Returns how many cases ran.
+fn run_cases(cases: Option<&Path>) -> usize {
     let run_py = shared_dir().join("conformance").join("run.py");
     assert!(
         run_py.is_file(),
@@ -41,13 +60,11 @@ fn conformance_cases_pass_through_cgi() {
     let install_tree = scratch.path().join("install");
     copy_install_tree(&install_tree);
     let mut command = Command::new("python3");
+    command.arg(&run_py).arg("--install-tree").arg(&install_tree).arg("--cgi").arg(binary()).arg("-v");
+    if let Some(cases) = cases {
+        command.arg("--cases").arg(cases);
+    }
     command
-        .arg(&run_py)
-        .arg("--install-tree")
-        .arg(&install_tree)
-        .arg("--cgi")
-        .arg(binary())
-        .arg("-v")
         // The harness's temporary roots go into our scratch directory.
         .env("TMPDIR", scratch.path())
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -91,4 +108,5 @@ fn conformance_cases_pass_through_cgi() {
         summary.0,
         summary.1
     );
+    summary.0 + summary.1
 }

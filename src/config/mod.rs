@@ -87,7 +87,9 @@ pub struct Backup {
     pub dir: String,
     pub nbackups: i64,
     pub scfg: String,
-    pub minage_days: f64,
+    /// Whole days an over-limit backup is kept after it was stored (the old server read the
+    /// attribute as an integer: `0.5` is 0).
+    pub minage_days: i64,
     pub maxsize: usize,
 }
 
@@ -299,7 +301,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
             dir,
             nbackups: merge::php_intval(&n),
             scfg,
-            minage_days: nonblank(&b, "minage").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            minage_days: nonblank(&b, "minage").map_or(0, |v| merge::php_intval(&v)),
             maxsize: nonblank(&b, "maxsize").and_then(|v| v.parse().ok()).unwrap_or(8 * 1024 * 1024),
         }),
         _ => None,
