@@ -43,11 +43,20 @@ impl Call {
 
     /// A relative URL from the configuration made absolute (a value with `://` is kept).
     pub fn absolute(&self, url: &str) -> String {
-        if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("{}/{}", self.base_url, url)
-        }
+        absolute_url(&self.base_url, url)
+    }
+}
+
+/// A URL from the configuration (`fwstorage/@url`, `backup/@scfg`, `queries/@scfg`) made
+/// absolute: a value naming a scheme (`://` after at least one character) is kept, any other
+/// is a path below the base URL, joined with exactly one `/` (a value may start with one).
+pub fn absolute_url(base_url: &str, url: &str) -> String {
+    if url.find("://").is_some_and(|at| at > 0) {
+        url.to_string()
+    } else if url.starts_with('/') {
+        format!("{base_url}{url}")
+    } else {
+        format!("{base_url}/{url}")
     }
 }
 
@@ -873,6 +882,15 @@ mod tests {
         assert_eq!(expand_environments(&c, Some("berlin,munich")).unwrap(), ["berlin", "germany", "munich", "bavaria"]);
         assert_eq!(expand_environments(&c, Some("berlin,germany")).unwrap(), ["berlin", "germany"]);
         assert_eq!(expand_environments(&c, Some("berlin,hamburg")).unwrap_err(), "hamburg");
+    }
+
+    #[test]
+    fn relative_urls_join_the_base_with_one_slash() {
+        let base = "http://h/mtls/update";
+        assert_eq!(absolute_url(base, "fw/{build}/"), "http://h/mtls/update/fw/{build}/");
+        assert_eq!(absolute_url(base, "/fw/{build}/"), "http://h/mtls/update/fw/{build}/");
+        assert_eq!(absolute_url(base, "https://fw.example.com/x"), "https://fw.example.com/x");
+        assert_eq!(absolute_url(base, ""), "http://h/mtls/update/");
     }
 
     #[test]
