@@ -338,18 +338,22 @@ impl Run<'_> {
 
         // step 12: times
         if config.times.allow.is_some() || config.times.initial.is_some() {
-            let mut line = String::from("mod cmd UP1 times ");
+            let mut parts = String::new();
             if let Some(allow) = &config.times.allow {
                 if next_phase.is_some() && config.times.forcestaging {
-                    self.script.comment("time restriction not applied in staging phases (forcestaging)");
+                    self.script.comment("Skip restricted times, initial staging / forcestaging");
                 } else {
-                    line.push_str(&format!(" /allow {allow}"));
+                    parts.push_str(&format!(" /allow {allow}"));
                 }
             }
             if let Some(initial) = &config.times.initial {
-                line.push_str(&format!(" /initial {initial}"));
+                parts.push_str(&format!(" /initial {initial}"));
             }
-            self.script.command(line);
+            // nothing left (an /allow held back while staging): no times command at all
+            if !parts.is_empty() {
+                self.script.comment("Restricted times");
+                self.script.command(format!("mod cmd UP1 times {parts}"));
+            }
         }
 
         // step 13 and 14: firmware and boot code
