@@ -112,14 +112,19 @@ fn placed_at(path: &Path) -> Option<i64> {
 /// Of the backups (oldest first, each with the time it was placed, None when unknown), the
 /// oldest beyond `nbackups` that are older than `minage_days` whole days; a younger one stays
 /// although it is over the limit, and so do the files after it, which are younger still.
+///
+/// `minage` 0 (or less) means no minimum age: everything over the limit goes, whenever it was
+/// placed. The old server compared "placed before now", so it kept a file placed in the same
+/// second; a burst of backups (or a request that waited for the device's lock while others
+/// wrote) then left more than `nbackups` files. SPEC §8 says "unless younger than minage days",
+/// and nothing is younger than 0 days.
 fn over_limit_to_remove(all: Vec<(Stored, Option<i64>)>, nbackups: i64, minage_days: i64, now: i64) -> Vec<Stored> {
     let keep = nbackups.max(1) as usize;
     let excess = all.len().saturating_sub(keep);
     let deadline = now.saturating_sub(minage_days.saturating_mul(86400));
     all.into_iter()
         .take(excess)
-        // strictly before the deadline: with minage 0 a file placed in this very second stays
-        .filter(|(_, placed)| placed.is_some_and(|t| t < deadline))
+        .filter(|(_, placed)| minage_days <= 0 || placed.is_some_and(|t| t < deadline))
         .map(|(stored, _)| stored)
         .collect()
 }
@@ -196,9 +201,13 @@ mod tests {
         assert_eq!(indexes(over_limit_to_remove(five(), 2, 6, now)), [1, 2]);
         assert_eq!(indexes(over_limit_to_remove(five(), 2, 30, now)), Vec::<u64>::new());
         assert_eq!(indexes(over_limit_to_remove(five(), 10, 0, now)), Vec::<u64>::new());
-        // minage 0: strictly older than now; one placed this second stays, an unknown time too
-        let same_second = vec![at(1, now), (Stored { index: 2, path: PathBuf::from("X.2.txt") }, None), at(3, now)];
-        assert_eq!(indexes(over_limit_to_remove(same_second, 1, 0, now)), Vec::<u64>::new());
+        // minage 0: no minimum age; placed this second, later than now (a request that waited
+        // for the lock) or at an unknown time, over the limit is over the limit
+        let same_second = vec![at(1, now), (Stored { index: 2, path: PathBuf::from("X.2.txt") }, None), at(3, now + 5), at(4, now)];
+        assert_eq!(indexes(over_limit_to_remove(same_second, 1, 0, now)), [1, 2, 3]);
+        // minage 1: one placed this second stays, an unknown time too
+        let young = vec![at(1, now), (Stored { index: 2, path: PathBuf::from("X.2.txt") }, None), at(3, now)];
+        assert_eq!(indexes(over_limit_to_remove(young, 1, 1, now)), Vec::<u64>::new());
         // nbackups 0 keeps one (the new backup)
         assert_eq!(indexes(over_limit_to_remove(vec![at(1, 0), at(2, 1)], 0, 0, now)), [1]);
     }
