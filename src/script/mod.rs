@@ -109,6 +109,14 @@ struct StateArgs {
     polling: i64,
 }
 
+/// Where step R puts `polling` and `phase` in the new URL: first, when this answer changed
+/// one of them; where the request had them, when it changed neither.
+#[derive(Debug, Clone, Copy)]
+enum StateArgsInUrl {
+    First,
+    AsRequested,
+}
+
 /// Where the device's state lives for this request: a locked file, or (without `status/@dir`)
 /// only in memory.
 enum StateStore {
@@ -162,12 +170,19 @@ impl Run<'_> {
         let missing: Vec<&str> = REQUIRED.iter().copied().filter(|name| call.arg(name).is_none()).collect();
         if !missing.is_empty() {
             self.script.note(format!("missing arguments: {}", missing.join(", ")));
-            self.state_args.phase = call.arg("phase").filter(|p| !p.is_empty()).unwrap_or(&config.phases[0].id).to_string();
-            self.state_args.polling = match call.arg("polling") {
-                Some(p) => p.parse().unwrap_or(0),
-                None => config.times.polling,
-            };
-            self.rewrite_url(&missing, Some(self.state_args.polling), false);
+            let (phase_arg, polling_arg) = (call.arg("phase"), call.arg("polling"));
+            self.state_args.phase = phase_arg.unwrap_or(&config.phases[0].id).to_string();
+            self.state_args.polling = polling_arg.map_or(config.times.polling, |p| p.parse().unwrap_or(0));
+            if phase_arg.is_some() && polling_arg.is_some() {
+                // the device already carries both state args: nothing of its state changes,
+                // so the old server sent no polling commands and put the missing arguments
+                // first, the request's own after them in their order
+                self.rewrite_url(&missing, StateArgsInUrl::AsRequested, None, false);
+            } else {
+                // fast polling goes on at the configured rate (off when the device asked for 0)
+                let polling = if self.state_args.polling == 0 { 0 } else { config.times.polling };
+                self.rewrite_url(&missing, StateArgsInUrl::First, Some(polling), false);
+            }
             return Ok(());
         }
         let serial = call.arg("sn").unwrap_or_default();
@@ -219,7 +234,9 @@ impl Run<'_> {
         let next_phase = config.phases.get(phase_index + 1);
         state::device(store.doc()).set_attr("phase", phase.id.clone());
         self.state_args = StateArgs {
-            phase: phase.id.clone(),
+            // as the device sent it: only a phase advance (step 17) sets it, so a device in the
+            // last phase that sent none keeps an empty `phase=` (read as the first phase)
+            phase: call.arg("phase").unwrap_or_default().to_string(),
             polling: call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0),
         };
         self.current_phase = phase.id.clone();
@@ -723,25 +740,29 @@ impl Run<'_> {
     /// Step R when a state argument differs from the request; returns whether it ran.
     fn rewrite_if_needed(&mut self, force_https: bool) -> bool {
         let polling_arg: i64 = self.call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0);
-        let phase_arg = self.call.arg("phase").filter(|p| !p.is_empty()).unwrap_or(&self.config.phases[0].id);
+        let phase_arg = self.call.arg("phase").unwrap_or_default();
         let polling_changed = polling_arg != self.state_args.polling;
         if !polling_changed && phase_arg == self.state_args.phase && !force_https {
             return false;
         }
-        self.rewrite_url(&[], polling_changed.then_some(self.state_args.polling), force_https);
+        self.rewrite_url(&[], StateArgsInUrl::First, polling_changed.then_some(self.state_args.polling), force_https);
         true
     }
 
     /// Step R: polling commands (when `polling` is Some), the new URL, and the state args.
-    fn rewrite_url(&mut self, missing: &[&str], polling: Option<i64>, force_https: bool) {
+    fn rewrite_url(&mut self, missing: &[&str], state_args_in_url: StateArgsInUrl, polling: Option<i64>, force_https: bool) {
         let times = &self.config.times;
         if let Some(polling) = polling {
             self.script.comment(if polling == 0 { "turn off fast polling".to_string() } else { format!("turn on fast polling ({polling})") });
             self.script.commands(rewrite::polling_commands(polling, times.interval));
         }
         self.script.blank();
+        let state_args = match state_args_in_url {
+            StateArgsInUrl::First => vec![("polling", self.state_args.polling.to_string()), ("phase", self.state_args.phase.clone())],
+            StateArgsInUrl::AsRequested => Vec::new(),
+        };
         let query = rewrite::query_string(
-            &[("polling", self.state_args.polling.to_string()), ("phase", self.state_args.phase.clone())],
+            &state_args,
             missing,
             &self.call.args,
             &self.config.stdargs,
