@@ -123,13 +123,20 @@ fn repaired_common_name(cn: &str) -> String {
     }
 }
 
-/// What the server holds for a device's certificate request (read by the caller).
+/// What the server holds for a device's certificate request: the facts the roll-out decides
+/// on, read by the caller. File names are as shown to people: `<customcerts/@dir>/<sn>-…`.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFiles {
-    /// The signed certificate an admin uploaded (`<sn>-signedrequest.cer`), as DER.
+    /// `customcerts/@dir` as configured.
+    pub dir: String,
+    /// `<sn>-request.p10.der`: the device's CSR, downloaded by a vardump.
+    pub request_der: bool,
+    /// `<sn>-request.p10.pem`, written from the DER.
+    pub request_pem: bool,
+    /// `<sn>-signedrequest.cer`: the signed certificate an admin uploaded, as DER.
     pub signed_certificate: Option<Vec<u8>>,
-    /// Whether the device's CSR was downloaded already (`<sn>-request.p10.der`).
-    pub request_downloaded: bool,
+    /// `<sn>-request.der.key`.
+    pub request_key: bool,
     /// The CA chain (`CAkeys` glob, sorted): file name (relative to the root) and DER.
     pub ca_chain: Vec<(String, Vec<u8>)>,
 }
@@ -151,176 +158,255 @@ pub struct CsrWords {
     pub rdns: Option<String>,
 }
 
-/// What the certificate step decided for this poll.
+/// A server-side file of the device's request that the roll-out acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFile {
+    Der,
+    Pem,
+    Signed,
+    Key,
+}
+
+impl RequestFile {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            RequestFile::Der => "-request.p10.der",
+            RequestFile::Pem => "-request.p10.pem",
+            RequestFile::Signed => "-signedrequest.cer",
+            RequestFile::Key => "-request.der.key",
+        }
+    }
+
+    /// `<dir>/<serial><suffix>`, the name the old server used in its messages.
+    pub fn name(self, dir: &str, serial: &str) -> String {
+        format!("{dir}/{serial}{}", self.suffix())
+    }
+}
+
+/// What the certificate step (SPEC §5) decided for this poll.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertificatePlan {
-    /// `device/@certstat` (None: removed).
-    pub status: Option<String>,
-    /// Comment lines for people, in order, each followed by the commands at the same index.
-    pub steps: Vec<(String, Vec<String>)>,
-    /// Whether the normal update continues after the certificate step.
-    pub proceeds: bool,
-    /// Whether the next poll runs the queries only (a device command was triggered).
+    /// Messages for people, in order; the last one becomes `device/@certstat` (none: it stays).
+    pub notes: Vec<String>,
+    /// The certificate commands, each with its comment. `None`: the normal update goes on;
+    /// `Some` (even empty): they take the whole poll.
+    pub commands: Option<Vec<(String, String)>>,
+    /// The next poll runs the queries only (a device command that changes its certificate
+    /// state was sent).
     pub skip_next: bool,
-    /// `device/@requestDownloaded` (None: removed).
-    pub request_downloaded: Option<&'static str>,
-    /// Whether the server-side request files of the device are leftovers to remove.
-    pub remove_request_files: bool,
+    /// The server's request state was reset: `device/@requestDownloaded` = `false`.
+    pub reset_request_state: bool,
+    /// Server-side request files to remove (they are named in `notes`).
+    pub remove: Vec<RequestFile>,
+    /// Write the missing PEM of the downloaded CSR from its DER.
+    pub write_pem: bool,
 }
 
 impl CertificatePlan {
-    fn note(&mut self, comment: impl Into<String>) {
-        self.steps.push((comment.into(), Vec::new()));
+    fn note(&mut self, text: impl Into<String>) {
+        self.notes.push(text.into());
     }
 
-    fn act(&mut self, comment: impl Into<String>, commands: Vec<String>) {
-        self.steps.push((comment.into(), commands));
+    fn command(&mut self, comment: impl Into<String>, command: impl Into<String>) {
+        self.commands.get_or_insert_with(Vec::new).push((comment.into(), command.into()));
     }
 
-    pub fn commands(&self) -> impl Iterator<Item = &String> {
-        self.steps.iter().flat_map(|(_, commands)| commands)
+    /// Ends the poll with the commands gathered so far (none at all is allowed).
+    fn take_the_poll(&mut self) {
+        self.commands.get_or_insert_with(Vec::new);
+    }
+
+    /// `device/@certstat` after this poll, when it changes.
+    pub fn status(&self) -> Option<&str> {
+        self.notes.last().map(String::as_str)
+    }
+
+    /// Nothing of the device's request is needed any more: the server's files go, and a
+    /// request the device still holds is removed there too (which takes the poll).
+    fn reset_request(&mut self, files: &ServerFiles, serial: &str, device_has_request: bool) {
+        for (file, exists, what) in [
+            (RequestFile::Der, files.request_der, "CSR/DER"),
+            (RequestFile::Pem, files.request_pem, "CSR/PEM"),
+            (RequestFile::Signed, files.signed_certificate.is_some(), "signed CSR"),
+            (RequestFile::Key, files.request_key, "CSR Key"),
+        ] {
+            if exists {
+                self.note(format!("removing {what} {}", file.name(&files.dir, serial)));
+                self.remove.push(file);
+            }
+        }
+        if device_has_request {
+            self.command("removing CSR from device", "vars del X509/REQUEST ");
+            self.command("removing CSR key from device", "vars del X509/REQUESTKEY ");
+        }
+        self.reset_request_state = true;
     }
 }
 
-/// The certificate step of a poll (SPEC §5), from the device's last `certificates` query
-/// answer, the configuration and what the server holds. `vardump_base` is the absolute URL of
-/// `update.php`.
-pub fn plan(
-    state: &Element,
-    customcerts: Option<&Element>,
-    words: &CsrWords,
-    files: &ServerFiles,
-    vardump_base: &str,
-    now: i64,
-) -> CertificatePlan {
+/// The facts of one poll's certificate step.
+pub struct CertificateFacts<'a> {
+    /// The device state as read (its `queries/certificates` answer).
+    pub state: &'a Element,
+    /// `customcerts` when certificate handling is on (a `dir` and state tracking).
+    pub customcerts: Option<&'a Element>,
+    /// `times/@forcetrust`: a device waiting for its signed certificate gets nothing else.
+    pub forcetrust: bool,
+    pub words: &'a CsrWords,
+    pub files: &'a ServerFiles,
+    /// The absolute URL of `update.php`, for the vardump commands.
+    pub vardump_base: &'a str,
+    pub now: i64,
+}
+
+/// The certificate step of a poll (SPEC §5): is the certificate the device reported good, and
+/// if not, which step of its replacement is due. An `Err` is a configuration error (bailout).
+pub fn plan(facts: &CertificateFacts) -> Result<CertificatePlan, String> {
     let mut plan = CertificatePlan::default();
-    let info = state.child("queries").and_then(|q| q.child("certificates")).and_then(|c| c.child("info"));
-    let device_has_request = info
-        .and_then(|i| i.child("requests"))
-        .is_some_and(|r| r.child("request").is_some());
-    let Some(customcerts) = customcerts else {
-        nothing_to_replace(
-            &mut plan,
-            "either certificate handling or state tracking not enabled - not doing any certificate checking",
-            device_has_request,
-        );
-        return plan;
+    let files = facts.files;
+    let serial = facts.words.serial.as_str();
+    let certificates_answer = facts.state.child("queries").and_then(|q| q.child("certificates"));
+    let info = certificates_answer.and_then(|c| c.child("info"));
+    let device_has_request =
+        info.and_then(|i| i.child("requests")).is_some_and(|r| r.child("request").is_some());
+    let Some(customcerts) = facts.customcerts else {
+        plan.note("either certificate handling or state tracking not enabled - not doing any certificate checking");
+        plan.reset_request(files, serial, device_has_request);
+        return Ok(plan);
     };
-    let Some(info) = info else {
-        let text = "we dont know anything about the current certificate state - not doing any certificate checking";
-        plan.status = Some(text.into());
-        plan.note(text);
-        return plan;
-    };
-    if info.child("request-error").is_some() {
-        plan.act(
-            "certificate processing STOPPED due to previous upload error, clean X509/REQUESTERROR to continue",
-            vec!["ser".into()],
-        );
-        return plan;
+    if certificates_answer.is_none() {
+        // with handling on, nothing else happens until the device has answered the query
+        plan.note("we dont know anything about the current certificate state - not doing any certificate checking");
+        plan.take_the_poll();
+        return Ok(plan);
     }
-    if info.child("busy").is_some() || info.attr("busy").is_some_and(|b| b == "true") {
-        let text = "device busy creating a certificate request - waiting";
-        plan.status = Some(text.into());
-        plan.note(text);
-        return plan;
+    if info.is_some_and(|i| i.child("request-error").is_some()) {
+        plan.command(
+            "certificate processing STOPPED due to previous upload error, clean X509/REQUESTERROR to continue",
+            "ser",
+        );
+        return Ok(plan);
+    }
+    let ca_type = customcerts.attr("CAtype").unwrap_or("manual");
+    if ca_type != "manual" {
+        return Err(format!("certificates: no support for certificates of type '{ca_type}'"));
+    }
+    if info.is_some_and(|i| i.child("busy").is_some()) {
+        plan.note("wait for signing request to be generated (ongoing)");
+        plan.take_the_poll();
+        return Ok(plan);
     }
 
-    // is the certificate the device uses good?
+    // is the certificate chain the device uses good?
     let names = ca_names(customcerts);
     let separator = customcerts.attr("CAnamesep").filter(|s| !s.is_empty()).unwrap_or(",");
     let renew_days = customcerts.attr("renew").and_then(|r| r.trim().parse::<i64>().ok()).unwrap_or(90);
-    let certificates: Vec<&Element> =
-        info.child("servercert").map(|s| s.children_named("certificate").collect()).unwrap_or_default();
-    if certificates.iter().any(|c| c.attr("not_before").and_then(parse_time).is_some_and(|t| t > now)) {
-        let text = "certificate not yet valid - not doing any certificate checking";
-        plan.status = Some(text.into());
-        plan.note(text);
-        plan.proceeds = true;
-        plan.request_downloaded = Some("false");
-        return plan;
-    }
-    let mut problem: Option<String> = None;
-    if let Some(device_certificate) = certificates.first() {
-        let subject = device_certificate.attr("subject_cn").unwrap_or("");
-        let issuer = device_certificate.attr("issuer_cn").unwrap_or("");
+    let chain = issuer_first(
+        info.and_then(|i| i.child("servercert")).map(|s| s.children_named("certificate").collect()).unwrap_or_default(),
+    );
+    let mut replace = false;
+    for certificate in &chain {
+        let issuer = certificate.attr("issuer_cn").unwrap_or("");
         if !names.iter().any(|n| n == issuer) {
-            problem = Some(format!(
-                "CN {subject}: invalid issuer: {issuer}: not in {} ({separator})",
+            plan.note(format!(
+                "CN {}: invalid issuer: {issuer}: not in {} ({separator})",
+                certificate.attr("subject_cn").unwrap_or(""),
                 customcerts.attr("CAname").unwrap_or("")
             ));
-        } else if let Some(expires) = device_certificate.attr("not_after").and_then(parse_time) {
-            if expires < now {
-                plan.note(format!("{subject}: expired"));
-            }
-            if expires < now + renew_days * 86400 {
-                problem = Some(format!("{subject}: valid but must be renewed"));
-            }
+            replace = true;
         }
     }
-    let Some(problem) = problem else {
-        nothing_to_replace(&mut plan, "OK", device_has_request);
-        return plan;
-    };
-    plan.status = Some(problem.clone());
-    plan.note(problem);
+    for certificate in &chain {
+        let subject = certificate.attr("subject_cn").unwrap_or("");
+        // a certificate without dates counts as starting now and ending now, as the old
+        // server read it: not yet valid, or (without an end) due for renewal
+        let not_before = certificate.attr("not_before").and_then(parse_time);
+        if not_before.is_none_or(|t| t > facts.now) {
+            // wait until it becomes valid; nothing is reset meanwhile
+            plan.note(format!("{subject}: not yet valid"));
+            return Ok(plan);
+        }
+        let not_after = certificate.attr("not_after").and_then(parse_time).unwrap_or(facts.now);
+        if not_after < facts.now {
+            plan.note(format!("{subject}: expired"));
+            replace = true;
+        }
+        if not_after < facts.now + renew_days * 86400 {
+            plan.note(format!("{subject}: valid but must be renewed"));
+            replace = true;
+        }
+    }
+    if !replace {
+        plan.note("OK");
+        plan.reset_request(files, serial, device_has_request);
+        return Ok(plan);
+    }
 
-    // replace it: the request error first, then whichever step is due
-    let serial = &words.serial;
-    let dir = customcerts.attr("dir").unwrap_or("certs").trim_end_matches('/');
-    plan.act(
+    // replace it: fetch any request error, then whichever step of the request is due
+    let dir = files.dir.as_str();
+    plan.command(
         "download request error from device (if any)",
-        vec![vardump_command(vardump_base, "X509/REQUESTERROR", &format!("{dir}/{serial}-requesterror"), false)],
+        vardump_command(facts.vardump_base, "X509/REQUESTERROR", &format!("{dir}/{serial}-requesterror"), false),
     );
-    if let Some(signed) = &files.signed_certificate {
-        let text = format!("there is an uploaded signed CSR ({dir}/{serial}-signedrequest.cer)");
-        plan.status = Some(text.clone());
-        plan.note(text);
-        plan.act("upload new signed certificate", vec![format!("vars create X509/REQUESTRESPONSE/00000 pb {}", hex(signed))]);
-        for (i, (name, der)) in files.ca_chain.iter().enumerate() {
-            plan.act(
-                format!("upload CA certificate #{} ({name})", i + 1),
-                vec![format!("vars create X509/REQUESTRESPONSE/{:05} pb {}", i + 1, hex(der))],
-            );
-        }
+    if !device_has_request {
+        plan.command("wrong certificate - need to create CSR", csr_create_command(customcerts, facts.words));
+        plan.reset_request(files, serial, false);
         plan.skip_next = true;
-    } else if device_has_request && !files.request_downloaded {
-        plan.act(
+        return Ok(plan);
+    }
+    if !files.request_der {
+        plan.command(
             "need to download CSR from device",
-            vec![vardump_command(vardump_base, "X509/REQUEST", &format!("{dir}/{serial}-request.p10.der"), true)],
+            vardump_command(facts.vardump_base, "X509/REQUEST", &RequestFile::Der.name(dir, serial), true),
         );
-    } else if device_has_request {
-        plan.note(format!("CSR downloaded ({dir}/{serial}-request.p10.der), waiting for the signed certificate"));
-        plan.request_downloaded = Some("true");
-    } else {
-        plan.act("wrong certificate - need to create CSR", vec![csr_create_command(customcerts, words)]);
-        plan.request_downloaded = Some("false");
-        plan.skip_next = true;
+        return Ok(plan);
     }
-    plan
+    plan.write_pem = !files.request_pem;
+    let Some(signed) = &files.signed_certificate else {
+        plan.note("signing request must be processed by CA (ongoing)");
+        if !facts.forcetrust {
+            // the device goes on with its current certificate meanwhile
+            plan.commands = None;
+        }
+        return Ok(plan);
+    };
+    plan.note(format!("there is an uploaded signed CSR ({})", RequestFile::Signed.name(dir, serial)));
+    plan.command("upload new signed certificate", format!("vars create X509/REQUESTRESPONSE/00000 pb {}", hex(signed)));
+    for (i, (name, der)) in files.ca_chain.iter().enumerate() {
+        plan.command(
+            format!("upload CA certificate #{} ({name})", i + 1),
+            format!("vars create X509/REQUESTRESPONSE/{:05} pb {}", i + 1, hex(der)),
+        );
+    }
+    plan.skip_next = true;
+    Ok(plan)
 }
 
-/// No certificate to replace: the poll goes on, unless the device still holds a request (left
-/// after its certificate was installed, or from before handling was switched off), which is
-/// removed first.
-fn nothing_to_replace(plan: &mut CertificatePlan, status: &str, device_has_request: bool) {
-    plan.status = Some(status.to_string());
-    plan.note(status);
-    if device_has_request {
-        remove_device_request(plan);
-    } else {
-        plan.proceeds = true;
-        plan.request_downloaded = Some("false");
+/// The chain with every issuer before the certificates it issued (the device's own last).
+/// Insertion sort: the chain is a handful of certificates, and a comparison that is no total
+/// order (unrelated names) must still give the old server's order.
+fn issuer_first(mut chain: Vec<&Element>) -> Vec<&Element> {
+    use std::cmp::Ordering;
+    fn names(c: &Element) -> (&str, &str) {
+        (c.attr("subject_cn").unwrap_or(""), c.attr("issuer_cn").unwrap_or(""))
     }
-}
-
-/// A request the device still holds although none is needed: remove it there and here.
-fn remove_device_request(plan: &mut CertificatePlan) {
-    plan.act(
-        "removing certificate request from device",
-        vec!["vars del X509/REQUEST".into(), "vars del X509/REQUESTKEY".into()],
-    );
-    plan.remove_request_files = true;
+    let order = |a: &Element, b: &Element| -> Ordering {
+        let ((a_subject, a_issuer), (b_subject, b_issuer)) = (names(a), names(b));
+        if a_issuer == b_subject {
+            Ordering::Greater
+        } else if b_issuer == a_subject {
+            Ordering::Less
+        } else {
+            a_subject.cmp(b_subject)
+        }
+    };
+    for i in 1..chain.len() {
+        let mut j = i;
+        while j > 0 && order(chain[j - 1], chain[j]) == Ordering::Greater {
+            chain.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    chain
 }
 
 fn hex(bytes: &[u8]) -> String {

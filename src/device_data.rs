@@ -77,11 +77,17 @@ pub fn handle(mode: &str, root: &Path, config: &Config, request: &DataRequest) -
     let Ok(body) = std::str::from_utf8(request.body) else {
         return refuse(400, "body is not UTF-8 text");
     };
-    match mode {
+    let answer = match mode {
         "backup" => backup(root, config, request, serial, body),
         "query" => query(root, config, request, serial, body),
         _ => vardump(root, config, request, serial, body),
+    };
+    // accepted device uploads, like polls, retire the state files of devices gone for
+    // status/@expire (a refused request changes nothing)
+    if let Some(status) = config.status.as_ref().filter(|_| answer.status == 200) {
+        state::cleanup_expired(&root.join(&status.dir), request.now, status.expire);
     }
+    answer
 }
 
 /// Opens the state of `serial`, refusing when `forcetrust` is on and the client certificate
@@ -257,7 +263,9 @@ fn vardump(root: &Path, config: &Config, request: &DataRequest, serial: &str, bo
     }
     if let Some(locked) = state.as_mut() {
         let attribute = format!("var-{}", var.to_lowercase().replace('/', "-"));
-        state::device(&mut locked.state).set_attr(&attribute, request.now.to_string());
+        let device = state::device(&mut locked.state);
+        device.set_attr("sn", serial);
+        device.set_attr(&attribute, request.now.to_string());
     }
     match save(state, request.now, logkeep(config), Some(&lines[0])) {
         Ok(()) => answer(200, &lines),

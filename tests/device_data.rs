@@ -184,7 +184,8 @@ fn hundred_parallel_query_and_backup_puts_leave_whole_files() {
 
     // nothing temporary is left behind
     let status_names = root.names_in("status");
-    assert_eq!(status_names, BTreeSet::from([format!("{SN}.xml")]), "status/ holds only the state file");
+    // (and the stamp of the hourly expiry cleanup that accepted uploads run, as polls do)
+    assert_eq!(status_names, BTreeSet::from([format!("{SN}.xml"), "lastcleanup".to_string()]), "status/ holds only the state file");
     assert_eq!(root.names_in("backup"), BTreeSet::from([HWID.to_string()]), "backup/ holds only the device's folder");
     let backup_names = root.names_in(&format!("backup/{HWID}"));
     for name in &backup_names {
@@ -376,8 +377,8 @@ fn query_put_stores_and_a_second_put_replaces() {
     assert!(answer.body.contains("saved"), "{}", answer.body);
     assert_eq!(
         snapshot_diff(&before, &snapshot_files(root.path())),
-        [format!("created status/{SN}.xml")],
-        "a query PUT writes only the device state"
+        [format!("created status/{SN}.xml"), "created status/lastcleanup".to_string()],
+        "a query PUT writes only the device state (and the expiry cleanup's stamp)"
     );
 
     let text = root.state_text(SN);
@@ -444,6 +445,7 @@ fn vardump_of_the_request_writes_der_and_pem() {
             format!("created certs/{SN}-request.p10.der"),
             format!("created certs/{SN}-request.p10.pem"),
             format!("created status/{SN}.xml"),
+            "created status/lastcleanup".to_string(),
         ]
     );
     let der = fs::read(root.path().join(format!("certs/{SN}-request.p10.der"))).unwrap();

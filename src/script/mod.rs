@@ -13,6 +13,7 @@ use crate::state::{self, LockedState};
 use crate::xml::Element;
 use firmware::{BuildChoice, FileType};
 use output::Script;
+use rewrite::{ArgValue, PollingSwitch, StateArgs};
 use std::path::{Path, PathBuf};
 
 /// What the web server told us about the request, beyond its arguments.
@@ -86,7 +87,7 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
         call,
         file_cache: files,
         script: &mut script,
-        state_args: StateArgs::default(),
+        state_args: StateArgs::from_request(call.arg("polling"), call.arg("phase")),
         current_phase: String::new(),
         following_phase: String::new(),
         rewrote: false,
@@ -100,21 +101,6 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
             Outcome { status: 200, body: script.into_text() }
         }
     }
-}
-
-/// The arguments the device's next URL must carry (`phase`, `polling`).
-#[derive(Debug, Clone, Default)]
-struct StateArgs {
-    phase: String,
-    polling: i64,
-}
-
-/// Where step R puts `polling` and `phase` in the new URL: first, when this answer changed
-/// one of them; where the request had them, when it changed neither.
-#[derive(Debug, Clone, Copy)]
-enum StateArgsInUrl {
-    First,
-    AsRequested,
 }
 
 /// Where the device's state lives for this request: a locked file, or (without `status/@dir`)
@@ -170,19 +156,17 @@ impl Run<'_> {
         let missing: Vec<&str> = REQUIRED.iter().copied().filter(|name| call.arg(name).is_none()).collect();
         if !missing.is_empty() {
             self.script.note(format!("missing arguments: {}", missing.join(", ")));
-            let (phase_arg, polling_arg) = (call.arg("phase"), call.arg("polling"));
-            self.state_args.phase = phase_arg.unwrap_or(&config.phases[0].id).to_string();
-            self.state_args.polling = polling_arg.map_or(config.times.polling, |p| p.parse().unwrap_or(0));
-            if phase_arg.is_some() && polling_arg.is_some() {
-                // the device already carries both state args: nothing of its state changes,
-                // so the old server sent no polling commands and put the missing arguments
-                // first, the request's own after them in their order
-                self.rewrite_url(&missing, StateArgsInUrl::AsRequested, None, false);
-            } else {
-                // fast polling goes on at the configured rate (off when the device asked for 0)
-                let polling = if self.state_args.polling == 0 { 0 } else { config.times.polling };
-                self.rewrite_url(&missing, StateArgsInUrl::First, Some(polling), false);
+            // the state args the request lacks are given their first values; when it carries
+            // both, nothing of its state changes and its own arguments keep their order
+            if call.arg("phase").is_none() {
+                self.state_args.set_phase(ArgValue::Text(config.phases[0].id.clone()));
             }
+            if call.arg("polling").is_none() {
+                self.state_args.set_polling(self.fast_polling());
+            }
+            // the old server compared polling with the request's only after this point: here
+            // any changed state sends the polling commands
+            self.rewrite_url(&missing, None, false);
             return Ok(());
         }
         let serial = call.arg("sn").unwrap_or_default();
@@ -226,19 +210,13 @@ impl Run<'_> {
                 Some(i) => i,
                 None => {
                     self.script.note(format!("invalid phase: '{p}'"));
-                    return store.save(&self.script.notes, now, logkeep);
+                    return self.finish(store, now, logkeep);
                 }
             },
         };
         let phase = &config.phases[phase_index];
         let next_phase = config.phases.get(phase_index + 1);
         state::device(store.doc()).set_attr("phase", phase.id.clone());
-        self.state_args = StateArgs {
-            // as the device sent it: only a phase advance (step 17) sets it, so a device in the
-            // last phase that sent none keeps an empty `phase=` (read as the first phase)
-            phase: call.arg("phase").unwrap_or_default().to_string(),
-            polling: call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0),
-        };
         self.current_phase = phase.id.clone();
         self.following_phase = next_phase.map_or(String::new(), |p| p.id.clone());
 
@@ -250,7 +228,7 @@ impl Run<'_> {
                     "invalid environment: '{unknown}' ({})",
                     call.arg("env").unwrap_or_default()
                 ));
-                return store.save(&self.script.notes, now, logkeep);
+                return self.finish(store, now, logkeep);
             }
         };
         state::device(store.doc()).set_attr("environments", environments.join(", "));
@@ -267,8 +245,10 @@ impl Run<'_> {
         if store.doc().attr("skipnext").is_some() {
             store.doc().remove_attr("skipnext");
             self.script.note("skipping this poll's scripts (certificate processing), queries only");
+            // the device's URL stays as it is: the certificate step that set skipnext has put
+            // it into fast polling already
             self.query_commands(&classes, &environments)?;
-            return store.save(&self.script.notes, now, logkeep);
+            return self.finish(store, now, logkeep);
         }
 
         // step 8: snippet files
@@ -325,33 +305,30 @@ impl Run<'_> {
                     "files being updated ({} {age}s old, waiting for at least {}s to expire)",
                     newest.display_name, config.times.grace
                 ));
-                return store.save(&self.script.notes, now, logkeep);
+                return self.finish(store, now, logkeep);
             }
         }
         self.script.blank();
 
-        // step 11: queries, then certificates
-        let certificate = self.certificate_plan(store.doc(), serial, device_type);
-        self.query_commands(&classes, &environments)?;
-        self.script.blank();
-        for (comment, commands) in &certificate.steps {
-            self.script.comment(format!("certificates: {comment} "));
-            self.script.commands(commands);
-        }
+        // step 11: the certificate step is decided (and acts on the server's request files)
+        // now, its commands go out at step 15; then the queries
+        let certificate = self.certificate_plan(store.doc(), serial, device_type)?;
+        self.apply_certificate_files(&certificate, serial);
         {
             let device = state::device(store.doc());
-            match &certificate.status {
-                Some(text) => device.set_attr("certstat", text.clone()),
-                None => device.remove_attr("certstat"),
+            if let Some(status) = certificate.status() {
+                device.set_attr("certstat", status);
             }
-            match certificate.request_downloaded {
-                Some(value) => device.set_attr("requestDownloaded", value),
-                None => device.remove_attr("requestDownloaded"),
+            if certificate.reset_request_state {
+                device.set_attr("requestDownloaded", "false");
             }
         }
-        if certificate.remove_request_files {
-            self.remove_request_files(serial);
+        if certificate.skip_next {
+            store.doc().set_attr("skipnext", now.to_string());
+            self.script.notes.push("skipnext set".into());
         }
+        self.query_commands(&classes, &environments)?;
+        self.script.blank();
 
         // step 12: times
         if config.times.allow.is_some() || config.times.initial.is_some() {
@@ -377,10 +354,13 @@ impl Run<'_> {
         let requested_update = self.firmware(store.doc(), device_type, &classes, &environments)?;
         {
             let doc = store.doc();
-            doc.child_or_insert("firmware").set_attr("build", call.arg("PROT").unwrap_or_default());
-            doc.child_or_insert("bootcode").set_attr("build", call.arg("BOOT").unwrap_or_default());
-            drop_empty(doc, "firmware");
-            drop_empty(doc, "bootcode");
+            // a build the device did not report leaves the stored one as it was
+            if let Some(build) = call.arg("PROT") {
+                doc.child_or_insert("firmware").set_attr("build", build);
+            }
+            if let Some(build) = call.arg("BOOT") {
+                doc.child_or_insert("bootcode").set_attr("build", build);
+            }
             let device = state::device(doc);
             device.set_attr("hwid", hwid);
             device.set_attr("realip", call.arg("ip").unwrap_or_default());
@@ -391,11 +371,15 @@ impl Run<'_> {
         }
 
         // step 15: certificate commands take the whole poll
-        if !certificate.proceeds {
-            if certificate.skip_next {
-                store.doc().set_attr("skipnext", now.to_string());
+        for note in &certificate.notes {
+            self.script.note(format!("certificates: {note} "));
+        }
+        if let Some(commands) = &certificate.commands {
+            for (comment, command) in commands {
+                self.script.note(format!("certificates: {comment}"));
+                self.script.command(command.clone());
             }
-            self.state_args.polling = config.times.polling;
+            self.state_args.set_polling(self.fast_polling());
             if !self.rewrite_if_needed(false) {
                 self.script.commands(["config write", "config activate"]);
             }
@@ -408,7 +392,7 @@ impl Run<'_> {
         // step 16: HTTPS and the device's TLS identity
         if force_https && !https_on_port {
             self.script.note("HTTPS required (forcehttps): moving the device to its HTTPS URL");
-            self.state_args.polling = config.times.polling;
+            self.state_args.set_polling(self.fast_polling());
             self.rewrite_if_needed(true);
             if config.times.forcetrust {
                 return self.refuse_untrusted(store, serial, "plain HTTP, no client certificate");
@@ -426,10 +410,10 @@ impl Run<'_> {
         // step 17: phase advance
         match next_phase {
             Some(next) => {
-                self.state_args.phase = next.id.clone();
-                self.state_args.polling = config.times.polling;
+                self.state_args.set_phase(ArgValue::Text(next.id.clone()));
+                self.state_args.set_polling(self.fast_polling());
             }
-            None => self.state_args.polling = 0,
+            None => self.state_args.set_polling(ArgValue::Zero),
         }
 
         // step 18: dynamic snippets
@@ -583,7 +567,7 @@ impl Run<'_> {
     }
 
     /// Step 11's certificate decisions, with what the server holds for the device read here.
-    fn certificate_plan(&self, doc: &Element, serial: &str, device_type: &str) -> CertificatePlan {
+    fn certificate_plan(&self, doc: &Element, serial: &str, device_type: &str) -> Result<CertificatePlan, Bailout> {
         let config = self.config;
         let customcerts = config.customcerts.as_ref().filter(|_| config.status.is_some());
         let device = doc.child("device");
@@ -608,12 +592,15 @@ impl Run<'_> {
             if certs::uses_rdns(customcerts) {
                 words.rdns = words.stored_realip.as_deref().and_then(crate::net::reverse_lookup);
             }
-            let dir_name = customcerts.attr("dir").unwrap_or("certs").trim_end_matches('/');
-            let dir = self.root.join(dir_name);
-            files.signed_certificate = std::fs::read(dir.join(format!("{serial}-signedrequest.cer")))
+            files.dir = customcerts.attr("dir").unwrap_or("certs").to_string();
+            let dir = self.root.join(&files.dir);
+            let exists = |file: certs::RequestFile| dir.join(format!("{serial}{}", file.suffix())).is_file();
+            files.request_der = exists(certs::RequestFile::Der);
+            files.request_pem = exists(certs::RequestFile::Pem);
+            files.request_key = exists(certs::RequestFile::Key);
+            files.signed_certificate = std::fs::read(dir.join(format!("{serial}{}", certs::RequestFile::Signed.suffix())))
                 .ok()
                 .and_then(|data| certs::der_of(&data));
-            files.request_downloaded = dir.join(format!("{serial}-request.p10.der")).is_file();
             let pattern = customcerts.attr("CAkeys").unwrap_or("CAkey*");
             let mut chain: Vec<String> = std::fs::read_dir(&dir)
                 .map(|entries| {
@@ -629,22 +616,43 @@ impl Run<'_> {
                 .into_iter()
                 .filter_map(|name| {
                     let der = std::fs::read(dir.join(&name)).ok().and_then(|d| certs::der_of(&d))?;
-                    Some((format!("{dir_name}/{name}"), der))
+                    Some((format!("{}/{name}", files.dir), der))
                 })
                 .collect();
         }
         let vardump_base = format!("{}/update.php", self.call.base_url);
-        certs::plan(doc, customcerts, &words, &files, &vardump_base, self.call.now)
+        certs::plan(&certs::CertificateFacts {
+            state: doc,
+            customcerts,
+            forcetrust: config.times.forcetrust,
+            words: &words,
+            files: &files,
+            vardump_base: &vardump_base,
+            now: self.call.now,
+        })
+        .map_err(Bailout)
     }
 
-    /// Removes the request files of a device whose certificate needs no replacement.
-    fn remove_request_files(&mut self, serial: &str) {
+    /// The certificate step's actions on the server's request files of the device.
+    fn apply_certificate_files(&mut self, plan: &CertificatePlan, serial: &str) {
         let Some(customcerts) = &self.config.customcerts else { return };
         let dir = self.root.join(customcerts.attr("dir").unwrap_or("certs"));
-        for suffix in ["-request.p10.der", "-request.p10.pem", "-requesterror", "-request.der.key", "-signedrequest.cer"] {
-            let path = dir.join(format!("{serial}{suffix}"));
-            if path.is_file() && std::fs::remove_file(&path).is_ok() {
-                self.script.note(format!("removed leftover {}", path.strip_prefix(self.root).unwrap_or(&path).display()));
+        for file in &plan.remove {
+            let path = dir.join(format!("{serial}{}", file.suffix()));
+            if let Err(e) = std::fs::remove_file(&path) {
+                self.script.note(format!("cannot remove {}: {e}", path.strip_prefix(self.root).unwrap_or(&path).display()));
+            }
+        }
+        if plan.write_pem {
+            let der_path = dir.join(format!("{serial}{}", certs::RequestFile::Der.suffix()));
+            let pem_path = dir.join(format!("{serial}{}", certs::RequestFile::Pem.suffix()));
+            match std::fs::read(&der_path) {
+                Ok(der) => {
+                    if let Err(e) = state::write_atomically(&pem_path, certs::pem("CERTIFICATE REQUEST", &der).as_bytes()) {
+                        self.script.note(format!("cannot write {}: {e}", pem_path.display()));
+                    }
+                }
+                Err(e) => self.script.note(format!("cannot read {}: {e}", der_path.display())),
             }
         }
     }
@@ -685,8 +693,14 @@ impl Run<'_> {
         }
         let firmware_choice = BuildChoice::parse(&master.firmware, false).map_err(|e| Bailout(format!("config: master/@firmware: {e}")))?;
         let bootcode_choice = BuildChoice::parse(&master.bootcode, true).map_err(|e| Bailout(format!("config: master/@bootcode: {e}")))?;
-        let needs_master = firmware_choice == BuildChoice::Master || bootcode_choice == BuildChoice::Master;
-        let master_builds = if master.info == "none" || !needs_master {
+        // the box info is read whenever a master is named, even for fixed builds: an
+        // unreachable master without a cache stops the poll, as it always did
+        let master_builds = if master.info == "none" {
+            for (choice, attribute) in [(&firmware_choice, "firmware"), (&bootcode_choice, "bootcode")] {
+                if *choice == BuildChoice::Master {
+                    return Err(Bailout(format!("Cannot use {attribute}='master' with no info available")));
+                }
+            }
             None
         } else {
             let (builds, source) = crate::master::builds(self.root, master, self.call.now)
@@ -737,36 +751,34 @@ impl Run<'_> {
         Ok(requested)
     }
 
-    /// Step R when a state argument differs from the request; returns whether it ran.
+    /// `times/@polling`, the value a state arg gets for fast polling.
+    fn fast_polling(&self) -> ArgValue {
+        ArgValue::Text(self.config.times.polling.to_string())
+    }
+
+    /// Step R when it is due: a state argument changed, or the device must move to HTTPS.
+    /// Returns whether it ran.
     fn rewrite_if_needed(&mut self, force_https: bool) -> bool {
-        let polling_arg: i64 = self.call.arg("polling").and_then(|p| p.parse().ok()).unwrap_or(0);
-        let phase_arg = self.call.arg("phase").unwrap_or_default();
-        let polling_changed = polling_arg != self.state_args.polling;
-        if !polling_changed && phase_arg == self.state_args.phase && !force_https {
+        if !self.state_args.changed && !force_https {
             return false;
         }
-        self.rewrite_url(&[], StateArgsInUrl::First, polling_changed.then_some(self.state_args.polling), force_https);
+        self.rewrite_url(&[], self.call.arg("polling"), force_https);
         true
     }
 
-    /// Step R: polling commands (when `polling` is Some), the new URL, and the state args.
-    fn rewrite_url(&mut self, missing: &[&str], state_args_in_url: StateArgsInUrl, polling: Option<i64>, force_https: bool) {
+    /// Step R: polling commands (when polling changed against `requested_polling`), the new URL with the state args first
+    /// (when one changed), the missing required arguments, then the request's own.
+    fn rewrite_url(&mut self, missing: &[&str], requested_polling: Option<&str>, force_https: bool) {
         let times = &self.config.times;
-        if let Some(polling) = polling {
-            self.script.comment(if polling == 0 { "turn off fast polling".to_string() } else { format!("turn on fast polling ({polling})") });
-            self.script.commands(rewrite::polling_commands(polling, times.interval));
+        if let Some(switch) = self.state_args.polling_switch(requested_polling) {
+            self.script.comment(match switch {
+                PollingSwitch::Off => "turn off fast polling".to_string(),
+                PollingSwitch::On => format!("turn on fast polling ({})", self.state_args.polling.url_text()),
+            });
+            self.script.commands(rewrite::polling_commands(switch, times.polling, times.interval));
         }
         self.script.blank();
-        let state_args = match state_args_in_url {
-            StateArgsInUrl::First => vec![("polling", self.state_args.polling.to_string()), ("phase", self.state_args.phase.clone())],
-            StateArgsInUrl::AsRequested => Vec::new(),
-        };
-        let query = rewrite::query_string(
-            &state_args,
-            missing,
-            &self.call.args,
-            &self.config.stdargs,
-        );
+        let query = rewrite::query_string(&self.state_args.url_front(), missing, &self.call.args, &self.config.stdargs);
         let https_on_port = self.call.https_on(times.httpsport.as_deref());
         let mut location = if self.call.https { format!("https://{}", self.call.host) } else { format!("http://{}", self.call.host) };
         location.push_str(&self.call.script_name);
@@ -783,10 +795,6 @@ impl Run<'_> {
         self.script.commands(rewrite::url_commands(&url));
         self.rewrote = true;
     }
-}
-
-fn drop_empty(doc: &mut Element, name: &str) {
-    doc.children.retain(|c| c.name != name || !c.attrs.is_empty() || !c.children.is_empty());
 }
 
 /// Whether an `applies` entry matches: `*`, a class, or (with `env`) an environment.

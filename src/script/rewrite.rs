@@ -3,16 +3,16 @@
 
 use crate::urlenc::rawurlencode;
 
-/// The commands that switch fast polling on (`polling` > 0) or off.
-pub fn polling_commands(polling: i64, normal_interval: i64) -> Vec<String> {
-    if polling == 0 {
-        vec![
+/// The commands that switch fast polling on (provisioning every `polling` minutes, even when
+/// that is 0, as the old server sent it) or off (back to the normal `interval`).
+pub fn polling_commands(switch: PollingSwitch, polling: i64, normal_interval: i64) -> Vec<String> {
+    match switch {
+        PollingSwitch::Off => vec![
             "mod cmd UP1 provision 0".into(),
             "config rem UP1 /provision".into(),
             format!("config add UP1 /poll {normal_interval}"),
-        ]
-    } else {
-        vec![format!("mod cmd UP1 provision {polling}"), "config add UP1 /poll 1".into()]
+        ],
+        PollingSwitch::On => vec![format!("mod cmd UP1 provision {polling}"), "config add UP1 /poll 1".into()],
     }
 }
 
@@ -54,6 +54,126 @@ pub fn query_string(
         }
     }
     parts.join("&")
+}
+
+/// A state argument (`polling`, `phase`) as the old server held it: absent from the request,
+/// text, or the integer 0 it sets for a device in its last phase. Whether the device's URL is
+/// rewritten hangs on PHP's loose comparisons of these, so they are kept typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ArgValue {
+    #[default]
+    Absent,
+    Text(String),
+    Zero,
+}
+
+impl ArgValue {
+    pub fn from_request(value: Option<&str>) -> ArgValue {
+        value.map_or(ArgValue::Absent, |v| ArgValue::Text(v.to_string()))
+    }
+
+    /// The value as the new URL carries it (an absent one as an empty value).
+    pub fn url_text(&self) -> &str {
+        match self {
+            ArgValue::Absent => "",
+            ArgValue::Text(text) => text,
+            ArgValue::Zero => "0",
+        }
+    }
+
+    /// PHP 8's loose `==` (null, strings, integer 0).
+    pub fn loosely_equals(&self, other: &ArgValue) -> bool {
+        use ArgValue::{Absent, Text, Zero};
+        match (self, other) {
+            (Absent, Absent) | (Absent, Zero) | (Zero, Absent) | (Zero, Zero) => true,
+            (Absent, Text(s)) | (Text(s), Absent) => s.is_empty(),
+            (Text(s), Zero) | (Zero, Text(s)) => php_numeric(s).map_or(s == "0", |n| n == 0.0),
+            (Text(a), Text(b)) => match (php_numeric(a), php_numeric(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => a == b,
+            },
+        }
+    }
+}
+
+/// A PHP 8 numeric string (surrounding white space allowed) as its number.
+fn php_numeric(text: &str) -> Option<f64> {
+    let trimmed = text.trim_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let body = trimmed.strip_prefix(['+', '-']).unwrap_or(trimmed);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(at) => (&body[..at], Some(&body[at + 1..])),
+        None => (body, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = digits(whole) && digits(fraction) && !(whole.is_empty() && fraction.is_empty());
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && digits(e)
+    });
+    if mantissa_ok && exponent_ok {
+        trimmed.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// The state arguments of the device's next URL, and whether this answer changed one of them
+/// (only then are they put first in the URL, and only then may polling commands go out).
+#[derive(Debug, Clone, Default)]
+pub struct StateArgs {
+    pub polling: ArgValue,
+    pub phase: ArgValue,
+    pub changed: bool,
+}
+
+/// The fast-polling switch step R sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollingSwitch {
+    On,
+    Off,
+}
+
+impl StateArgs {
+    /// As the request carried them.
+    pub fn from_request(polling: Option<&str>, phase: Option<&str>) -> StateArgs {
+        StateArgs { polling: ArgValue::from_request(polling), phase: ArgValue::from_request(phase), changed: false }
+    }
+
+    pub fn set_polling(&mut self, value: ArgValue) {
+        Self::set(&mut self.polling, value, &mut self.changed);
+    }
+
+    pub fn set_phase(&mut self, value: ArgValue) {
+        Self::set(&mut self.phase, value, &mut self.changed);
+    }
+
+    fn set(slot: &mut ArgValue, value: ArgValue, changed: &mut bool) {
+        if !slot.loosely_equals(&value) {
+            *slot = value;
+            *changed = true;
+        }
+    }
+
+    /// The polling commands due when the URL is rewritten: only when a state argument changed
+    /// and the polling value differs from what the device asked with.
+    pub fn polling_switch(&self, requested: Option<&str>) -> Option<PollingSwitch> {
+        if !self.changed || self.polling == ArgValue::Absent {
+            return None;
+        }
+        if ArgValue::from_request(requested).loosely_equals(&self.polling) {
+            return None;
+        }
+        Some(if self.polling.loosely_equals(&ArgValue::Zero) { PollingSwitch::Off } else { PollingSwitch::On })
+    }
+
+    /// `polling` and `phase` for the front of the new URL; none when nothing changed.
+    pub fn url_front(&self) -> Vec<(&'static str, String)> {
+        if !self.changed {
+            return Vec::new();
+        }
+        vec![("polling", self.polling.url_text().to_string()), ("phase", self.phase.url_text().to_string())]
+    }
 }
 
 /// The commands that store a new Command File URL and activate it.
@@ -175,6 +295,46 @@ fn php_replacement(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn state_args_compare_as_loosely_as_php() {
+        let text = |s: &str| ArgValue::Text(s.into());
+        assert!(ArgValue::Absent.loosely_equals(&ArgValue::Zero));
+        assert!(ArgValue::Absent.loosely_equals(&text("")));
+        assert!(!ArgValue::Absent.loosely_equals(&text("0")));
+        assert!(text("0").loosely_equals(&ArgValue::Zero));
+        assert!(text(" 0.0").loosely_equals(&ArgValue::Zero));
+        assert!(!text("").loosely_equals(&ArgValue::Zero));
+        assert!(!text("abc").loosely_equals(&ArgValue::Zero));
+        assert!(text("05").loosely_equals(&text("5")));
+        assert!(text("5").loosely_equals(&text("5.0")));
+        assert!(!text("5a").loosely_equals(&text("5")));
+        assert!(!text("1e").loosely_equals(&text("1")));
+        assert!(text("1e1").loosely_equals(&text("10")));
+    }
+
+    #[test]
+    fn only_a_changed_state_arg_moves_to_the_front_and_switches_polling() {
+        let mut args = StateArgs::from_request(Some("5"), None);
+        args.set_polling(ArgValue::Text("5".into()));
+        assert!(!args.changed);
+        assert!(args.url_front().is_empty());
+        assert_eq!(args.polling_switch(Some("5")), None);
+        // a last phase: polling 0 against a request without polling changes nothing
+        let mut args = StateArgs::from_request(None, Some("update"));
+        args.set_polling(ArgValue::Zero);
+        assert!(!args.changed);
+        let mut args = StateArgs::from_request(Some("5"), None);
+        args.set_polling(ArgValue::Zero);
+        assert!(args.changed);
+        assert_eq!(args.url_front(), [("polling", "0".to_string()), ("phase", String::new())]);
+        assert_eq!(args.polling_switch(Some("5")), Some(PollingSwitch::Off));
+        let mut args = StateArgs::from_request(Some("7"), None);
+        args.set_phase(ArgValue::Text("staging".into()));
+        // before the old server read the request's polling (missing arguments) it differs
+        assert_eq!(args.polling_switch(None), Some(PollingSwitch::On));
+        assert_eq!(args.polling_switch(Some("7")), None);
+    }
+
     fn stdargs() -> Vec<(String, Option<String>)> {
         [("sn", Some("#m")), ("type", Some("#t")), ("hwid", Some("#h")), ("ip", Some("#i")), ("PROT", None), ("CHECK", None)]
             .iter()
@@ -210,8 +370,9 @@ mod tests {
 
     #[test]
     fn polling_on_and_off() {
-        assert_eq!(polling_commands(5, 15), ["mod cmd UP1 provision 5", "config add UP1 /poll 1"]);
-        assert_eq!(polling_commands(0, 30)[2], "config add UP1 /poll 30");
+        assert_eq!(polling_commands(PollingSwitch::On, 5, 15), ["mod cmd UP1 provision 5", "config add UP1 /poll 1"]);
+        assert_eq!(polling_commands(PollingSwitch::On, 0, 15), ["mod cmd UP1 provision 0", "config add UP1 /poll 1"]);
+        assert_eq!(polling_commands(PollingSwitch::Off, 5, 30)[2], "config add UP1 /poll 30");
     }
 
     #[test]
