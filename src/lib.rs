@@ -17,6 +17,8 @@ pub mod net;
 pub mod queries;
 pub mod route;
 pub mod script;
+pub mod spa;
 pub mod state;
+pub mod upgrades;
 pub mod urlenc;
 pub mod xml;

@@ -140,6 +140,8 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::net::IpRange>,
     /// The dynamic snippet program (`dynamic/@exec`, relative to the root) and its time limit.
     pub dynamic: Option<Dynamic>,
+    /// `upgrades/path`: firmware a device must pass through on its way to the target (issue 9).
+    pub upgrades: Vec<crate::upgrades::UpgradePath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +345,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
     let dynamic = nonblank(&d, "exec").map(|exec| Dynamic { exec, timeout_secs: int_or(&d, "timeout", 5).clamp(1, 60) as u64 });
     let trusted_proxies = crate::net::parse_ranges(&attr(&section("proxies"), "trusted"))
         .map_err(|e| ConfigError::Invalid(format!("proxies/@trusted: {e}")))?;
+    let upgrades = crate::upgrades::parse(&tree).map_err(ConfigError::Invalid)?;
 
     Ok(Config {
         user_file: user_file.to_string(),
@@ -364,6 +367,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
         migrate_url,
         trusted_proxies,
         dynamic,
+        upgrades,
         tree,
     })
 }

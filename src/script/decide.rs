@@ -685,7 +685,7 @@ impl Poll<'_> {
 }
 
 /// Whether an `applies` entry matches: `*`, a class, or (with `env`) an environment.
-fn applies_any(applies: &Applies, classes: &[String], environments: &[String]) -> bool {
+pub fn applies_any(applies: &Applies, classes: &[String], environments: &[String]) -> bool {
     if applies.value == "*" {
         return true;
     }
