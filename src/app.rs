@@ -67,6 +67,16 @@ impl App {
                 return device_text(400, format!("# unknown cmd={shown} - exit\r\n"));
             }
         }
+        let mac_argument = args.iter().find(|(k, _)| k == "mac").map(|(_, v)| v.as_str());
+        match crate::spa::identify(request.var("HTTP_USER_AGENT"), mac_argument) {
+            crate::spa::Identification::NotSpa => {}
+            crate::spa::Identification::Refused(refusal) => {
+                let from = crate::spa::shown(request.var("REMOTE_ADDR").unwrap_or(""));
+                eprintln!("update-server: {refusal} (from {from}) - 404, nothing written");
+                return device_text(404, "# SPA device not identified\r\n");
+            }
+            crate::spa::Identification::Spa(device) => return self.spa(request, root, args, &device),
+        }
         if let Err(invalid) = crate::device::validate(&args) {
             return device_text(400, format!("# {invalid} - exit\r\n"));
         }
@@ -77,6 +87,31 @@ impl App {
         let call = call_of(request, args, &config);
         let outcome = script::run(root, &config, &call, &self.snippets);
         device_text(outcome.status, outcome.body)
+    }
+
+    /// An identified SPA device (issue 9): its XML profile. Every refusal is a 404 with a
+    /// `#` line and a log line; the phone retries after its error delay.
+    fn spa(&self, request: &Request, root: &Path, args: Vec<(String, String)>, device: &crate::spa::SpaDevice) -> Response {
+        if let Err(invalid) = crate::device::validate(&args) {
+            eprintln!("update-server: SPA {} {}: {invalid} - 404, nothing written", device.model, device.mac);
+            return device_text(404, "# invalid argument\r\n");
+        }
+        let config = match self.configs.get(root) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("update-server: SPA {} {}: {e} - 404", device.model, device.mac);
+                return device_text(404, "# configuration error\r\n");
+            }
+        };
+        let call = call_of(request, args, &config);
+        let answer = crate::spa::profile::serve(root, &config, &call, device, &self.snippets);
+        let mut response = device_text(answer.status, answer.body);
+        for (name, value) in &mut response.headers {
+            if name.eq_ignore_ascii_case("Content-Type") {
+                *value = answer.content_type.to_string();
+            }
+        }
+        response
     }
 
     fn device_data(&self, mode: &str, request: &Request, root: &Path, args: &[(String, String)]) -> Response {

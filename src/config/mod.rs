@@ -416,7 +416,7 @@ mod tests {
         let c = with_user("<config><master info=''/></config>").unwrap();
         assert_eq!(c.phases.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["update"]);
         assert_eq!(c.phases[0].seq, 201);
-        assert_eq!(c.classes.len(), 12);
+        assert_eq!(c.classes.len(), 20);
         assert_eq!(c.times.grace, 90);
         assert!(c.times.check);
         assert_eq!(c.times.httpsurlmod, "!mtls/!!i");

@@ -18,6 +18,31 @@ pub fn candidate_names(
     environments: &[String],
     several_environments: bool,
 ) -> Vec<String> {
+    candidate_names_with(
+        "txt",
+        phase_files,
+        several_phases,
+        classes,
+        several_classes,
+        serial,
+        environments,
+        several_environments,
+    )
+}
+
+/// [`candidate_names`] with another file name extension (`xml`: the SPA profile snippets,
+/// issue 9), in the same order.
+#[allow(clippy::too_many_arguments)]
+pub fn candidate_names_with(
+    extension: &str,
+    phase_files: &str,
+    several_phases: bool,
+    classes: &[String],
+    several_classes: bool,
+    serial: &str,
+    environments: &[String],
+    several_environments: bool,
+) -> Vec<String> {
     let mut phases: Vec<&str> = Vec::new();
     if several_phases {
         phases.push("all");
@@ -40,7 +65,7 @@ pub fn candidate_names(
     for phase in &phases {
         for class in &class_slots {
             for env in &env_slots {
-                let name = format!("{phase}-{class}-{env}.txt").to_lowercase();
+                let name = format!("{phase}-{class}-{env}.{extension}").to_lowercase();
                 if !names.contains(&name) {
                     names.push(name);
                 }

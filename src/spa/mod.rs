@@ -4,6 +4,7 @@
 //! caller serves an identified device, passes everything else on to the innovaphone script
 //! unchanged, and answers a refused one with a 404 and a log line (never a guess).
 
+pub mod profile;
 pub mod version;
 
 use crate::device::{canonical_serial, is_serial};
