@@ -168,7 +168,7 @@ pub enum RequestFile {
 }
 
 impl RequestFile {
-    pub fn suffix(self) -> &'static str {
+    fn suffix(self) -> &'static str {
         match self {
             RequestFile::Der => "-request.p10.der",
             RequestFile::Pem => "-request.p10.pem",
@@ -177,9 +177,14 @@ impl RequestFile {
         }
     }
 
+    /// `<serial><suffix>`: the file's name in the certificate directory.
+    pub fn file_name(self, serial: &str) -> String {
+        format!("{serial}{}", self.suffix())
+    }
+
     /// `<dir>/<serial><suffix>`, the name the old server used in its messages.
     pub fn name(self, dir: &str, serial: &str) -> String {
-        format!("{dir}/{serial}{}", self.suffix())
+        format!("{dir}/{}", self.file_name(serial))
     }
 }
 

@@ -145,7 +145,7 @@ fn bailout(mut script: Script, message: &str) -> Outcome {
 }
 
 fn apply_file_action(dir: &Path, serial: &str, action: FileAction) -> Result<(), String> {
-    let path = |file: certs::RequestFile| dir.join(format!("{serial}{}", file.suffix()));
+    let path = |file: certs::RequestFile| dir.join(file.file_name(serial));
     match action {
         FileAction::Remove(file) => {
             std::fs::remove_file(path(file)).map_err(|e| format!("cannot remove {}: {e}", path(file).display()))
@@ -159,6 +159,21 @@ fn apply_file_action(dir: &Path, serial: &str, action: FileAction) -> Result<(),
     }
 }
 
+/// The candidate snippet files (`names`, in order) that exist in `<root>/<dir>`, read through
+/// the cache; shared by the innovaphone script and the SPA profile.
+pub fn existing_snippets(cache: &crate::filecache::FileCache, root: &Path, dir: &str, names: &[String]) -> Vec<SnippetFile> {
+    cache
+        .existing(&root.join(dir), names)
+        .into_iter()
+        .map(|(name, snippet)| SnippetFile {
+            display_name: format!("{dir}/{name}"),
+            name,
+            mtime: snippet.mtime,
+            content: snippet.content,
+        })
+        .collect()
+}
+
 /// The lookups of a poll on this server: the install tree, the network, the dynamic program.
 struct Disk<'a> {
     root: &'a Path,
@@ -168,22 +183,13 @@ struct Disk<'a> {
 
 impl Lookups for Disk<'_> {
     fn snippet_files(&mut self, dir: &str, names: &[String]) -> Vec<SnippetFile> {
-        self.file_cache
-            .existing(&self.root.join(dir), names)
-            .into_iter()
-            .map(|(name, snippet)| SnippetFile {
-                display_name: format!("{dir}/{name}"),
-                name,
-                mtime: snippet.mtime,
-                content: snippet.content,
-            })
-            .collect()
+        existing_snippets(self.file_cache, self.root, dir, names)
     }
 
     fn certificate_files(&mut self, customcerts: &Element, serial: &str) -> certs::ServerFiles {
         let mut files = certs::ServerFiles { dir: customcerts.attr("dir").unwrap_or("certs").to_string(), ..Default::default() };
         let dir = self.root.join(&files.dir);
-        let path = |file: certs::RequestFile| dir.join(format!("{serial}{}", file.suffix()));
+        let path = |file: certs::RequestFile| dir.join(file.file_name(serial));
         files.request_der = path(certs::RequestFile::Der).is_file();
         files.request_pem = path(certs::RequestFile::Pem).is_file();
         files.request_key = path(certs::RequestFile::Key).is_file();

@@ -433,18 +433,8 @@ pub fn decide(
 /// Serves an identified SPA device: its state file `status/<mac>.xml` locked for the request
 /// (as innovaphone states), the snippets read through `cache`, the state saved atomically.
 pub fn serve(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cache: &FileCache) -> Answer {
-    let mut lookup = |dir: &str, names: &[String]| -> Vec<SnippetFile> {
-        cache
-            .existing(&root.join(dir), names)
-            .into_iter()
-            .map(|(name, snippet)| SnippetFile {
-                display_name: format!("{dir}/{name}"),
-                name,
-                mtime: snippet.mtime,
-                content: snippet.content,
-            })
-            .collect()
-    };
+    let mut lookup =
+        |dir: &str, names: &[String]| -> Vec<SnippetFile> { crate::script::existing_snippets(cache, root, dir, names) };
     let Some(status) = &config.status else {
         let answer = decide(config, call, device, &mut Element::new("state"), &mut lookup);
         if let Some(line) = &answer.log {
