@@ -6,6 +6,7 @@
 //! grace period never contacts the master. `super::run` gathers, calls [`decide`] and applies.
 
 use super::firmware::{self, BuildChoice, FileType};
+use crate::upgrades::BuildHop;
 use super::output::Script;
 use super::rewrite::{self, ArgValue, PollingSwitch, StateArgs};
 use super::{snippets, Call};
@@ -605,6 +606,18 @@ impl Poll<'_> {
             return Ok(false);
         }
         let model = device_type.to_lowercase();
+        let hop = if config.nofirmdev.contains(&model) {
+            PathHop::Unchanged
+        } else {
+            self.upgrade_path_hop(firmware.as_deref(), classes, environments)
+        };
+        let held_back = hop == PathHop::HeldBack;
+        let (firmware, via) = match hop {
+            PathHop::Unchanged => (firmware, None),
+            PathHop::Via(build) => (Some(build.clone()), Some(build)),
+            // the note said why: no firmware command
+            PathHop::HeldBack => (None, None),
+        };
         let mut requested = false;
         let storage = self.call.absolute(&config.fwstorage_url);
         for (kind, wanted, excluded, running, element) in [
@@ -613,7 +626,9 @@ impl Poll<'_> {
         ] {
             let what = if kind == FileType::Prot { "firmware" } else { "boot code" };
             let Some(wanted) = wanted else {
-                self.script.comment(format!("no {what} update configured"));
+                if !(held_back && kind == FileType::Prot) {
+                    self.script.comment(format!("no {what} update configured"));
+                }
                 continue;
             };
             if excluded {
@@ -622,6 +637,10 @@ impl Poll<'_> {
             }
             if firmware::same_build(running, &wanted) {
                 self.script.comment(format!("current {what} ({wanted}) is good"));
+                // a via build asked before is behind the device now
+                if let Some(entry) = self.state.child_mut(element).filter(|_| kind == FileType::Prot) {
+                    entry.remove_attr("via");
+                }
                 continue;
             }
             self.script.note(format!("current {what} ({}) does not match required {what} ({wanted})", running.unwrap_or("")));
@@ -631,11 +650,34 @@ impl Poll<'_> {
             let entry = self.state.child_or_insert(element);
             if kind == FileType::Prot {
                 entry.set_attr("requested", wanted.clone());
+                match &via {
+                    Some(build) => entry.set_attr("via", build.clone()),
+                    None => entry.remove_attr("via"),
+                }
             }
             entry.set_attr("requested-at", self.call.now.to_string());
             requested = true;
         }
         Ok(requested)
+    }
+
+    /// What an `upgrades/path` that applies to the device (issue 9) makes of the firmware
+    /// build chosen as without a path.
+    fn upgrade_path_hop(&mut self, wanted: Option<&str>, classes: &[String], environments: &[String]) -> PathHop {
+        let (Some(target), Some(path)) = (wanted, crate::upgrades::build_path(&self.config.upgrades, classes, environments)) else {
+            return PathHop::Unchanged;
+        };
+        match path.decide(target, self.call.arg("PROT")) {
+            BuildHop::Via(build) => {
+                self.script.comment(format!("upgrade path: build {build} first, on the way to {target}"));
+                PathHop::Via(build)
+            }
+            BuildHop::Master(_) | BuildHop::AtTarget => PathHop::Unchanged,
+            BuildHop::Undecidable(reason) => {
+                self.script.note(format!("upgrade path: {reason}"));
+                PathHop::HeldBack
+            }
+        }
     }
 
     /// `times/@polling`, the value a state arg gets for fast polling.
@@ -682,6 +724,18 @@ impl Poll<'_> {
         self.script.commands(rewrite::url_commands(&url));
         self.rewrote = true;
     }
+}
+
+/// The firmware step's answer to an upgrade path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathHop {
+    /// No path applies, or none of its via builds is due: the build chosen as without a path.
+    Unchanged,
+    /// PROT is below this via build: the `prot` command names it.
+    Via(String),
+    /// PROT or the target is no build number: no firmware command, for a device must never be
+    /// sent a build it may not be able to take.
+    HeldBack,
 }
 
 /// Whether an `applies` entry matches: `*`, a class, or (with `env`) an environment.
@@ -894,6 +948,46 @@ mod tests {
         let (decision, sent) = poll(&config, &format!("{POLL}&phase=update&polling=0&CHECK={check}"), &mut state, &mut lookups);
         assert_eq!(decision.ending, Ending::Save);
         assert!(!sent.iter().any(|c| c.contains("/name lobby")), "{sent:?}");
+    }
+
+    /// An IP232 on 130178 with a path through 131504 to the master's 134567: the via build
+    /// first, then the master's, then nothing; a PROT that is no build number gets no firmware
+    /// command at all; the boot code goes as without a path.
+    #[test]
+    fn an_innovaphone_phone_walks_its_upgrade_path() {
+        let config = config(
+            "<config><master info='http://master.example.com/CMD0/box_info.xml'/><status dir='status'/>\
+             <fwstorage url='http://fw.example.com/{build}/{filename}'/>\
+             <upgrades><path applies='phone'><via build='131504'/></path></upgrades></config>",
+        );
+        let mut lookups = Memory { master: Some(("134567".into(), "134560".into())), ..Memory::default() };
+        let mut state = Element::new("state");
+        let prot = |build: &str| format!("{POLL}&phase=update&polling=0&PROT={build}&BOOT=134560");
+        let firmware_commands = |sent: &[String]| sent.iter().filter(|c| c.contains(" prot ")).cloned().collect::<Vec<_>>();
+
+        let (_, sent) = poll(&config, &prot("130178"), &mut state, &mut lookups);
+        assert_eq!(firmware_commands(&sent), ["mod cmd UP0 prot http://fw.example.com/131504/ip232.bin ser 131504"], "{sent:?}");
+        assert!(sent.contains(&"iresetn".to_string()), "{sent:?}");
+        let firmware = state.child("firmware").unwrap();
+        assert_eq!((firmware.attr("requested"), firmware.attr("via")), (Some("131504"), Some("131504")));
+
+        let (_, sent) = poll(&config, &prot("131504"), &mut state, &mut lookups);
+        assert_eq!(firmware_commands(&sent), ["mod cmd UP0 prot http://fw.example.com/134567/ip232.bin ser 134567"], "{sent:?}");
+        let firmware = state.child("firmware").unwrap();
+        assert_eq!((firmware.attr("requested"), firmware.attr("via")), (Some("134567"), None));
+
+        let (_, sent) = poll(&config, &prot("134567"), &mut state, &mut lookups);
+        assert!(firmware_commands(&sent).is_empty(), "{sent:?}");
+
+        let mut fresh = Element::new("state");
+        let (_, sent) = poll(&config, &prot("13r2"), &mut fresh, &mut lookups);
+        assert!(firmware_commands(&sent).is_empty(), "{sent:?}");
+        assert!(fresh.child("firmware").and_then(|f| f.attr("requested")).is_none());
+
+        // a gateway is not on the phones' path: the master's build straight away
+        let gateway = "type=IP0011&sn=00-90-33-3e-0c-58&hwid=IP0011-3e-0c-58&ip=172.16.4.58&phase=update&polling=0&PROT=130178";
+        let (_, sent) = poll(&config, gateway, &mut Element::new("state"), &mut lookups);
+        assert_eq!(firmware_commands(&sent), ["mod cmd UP0 prot http://fw.example.com/134567/ip0011.bin ser 134567"], "{sent:?}");
     }
 
     #[test]
