@@ -9,6 +9,10 @@ use crate::xml::Element;
 pub struct TlsIdentity {
     /// `SSL_CLIENT_S_DN_CN`
     pub common_name: Option<String>,
+    /// The subject's `S=`/`ST=` (stateOrProvinceName): an SPA certificate's MAC.
+    pub subject_state: Option<String>,
+    /// The subject's `L=` (localityName): an SPA certificate's serial.
+    pub subject_locality: Option<String>,
     /// `SSL_CLIENT_VERIFY`
     pub verify: Option<String>,
     /// The issuer's CN, from `SSL_CLIENT_I_DN_CN` or `SSL_CLIENT_I_DN`.
@@ -19,44 +23,71 @@ pub struct TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// Reads the identity from CGI variables.
+    /// Reads the identity from CGI variables: the per-field ones (lighttpd, Apache), the whole
+    /// subject DN (`SSL_CLIENT_S_DN`, nginx's `$ssl_client_s_dn`), else the exported
+    /// certificate itself.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> TlsIdentity {
         let nonempty = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         // lighttpd exports no issuer variable at all; with ssl.verifyclient.exportcert the
         // certificate itself is there to read it from
-        let exported = nonempty("SSL_CLIENT_CERT").and_then(|pem| names_in_certificate(&pem));
+        let exported = nonempty("SSL_CLIENT_CERT").and_then(|pem| names_in_certificate(&pem)).unwrap_or_default();
+        let subject = nonempty("SSL_CLIENT_S_DN");
+        let subject_field = |variables: &[&str], keys: &[&str]| {
+            variables
+                .iter()
+                .find_map(|name| nonempty(name))
+                .or_else(|| subject.as_deref().and_then(|dn| dn_component(dn, keys)))
+        };
         TlsIdentity {
-            common_name: nonempty("SSL_CLIENT_S_DN_CN").or_else(|| exported.as_ref().and_then(|n| n.0.clone())),
+            common_name: nonempty("SSL_CLIENT_S_DN_CN").or(exported.subject_cn),
+            subject_state: subject_field(&["SSL_CLIENT_S_DN_ST", "SSL_CLIENT_S_DN_S"], &["ST", "S"]).or(exported.subject_state),
+            subject_locality: subject_field(&["SSL_CLIENT_S_DN_L"], &["L"]).or(exported.subject_locality),
             verify: nonempty("SSL_CLIENT_VERIFY"),
             issuer: nonempty("SSL_CLIENT_I_DN_CN")
                 .or_else(|| nonempty("SSL_CLIENT_I_DN").map(|dn| common_name_of(&dn)))
-                .or_else(|| exported.and_then(|n| n.1)),
+                .or(exported.issuer_cn),
             lighttpd: var("SERVER_SOFTWARE").is_some_and(|s| s.contains("lighttpd/")),
         }
     }
 }
 
-/// Subject CN and issuer CN of a PEM (or DER) certificate.
-pub fn names_in_certificate(certificate: &str) -> Option<(Option<String>, Option<String>)> {
-    let der = der_of(certificate.as_bytes())?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let first_cn = |name: &x509_parser::x509::X509Name| {
-        name.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(String::from)
-    };
-    Some((first_cn(parsed.subject()), first_cn(parsed.issuer())))
+/// The names of a certificate that identify a device and its CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    pub subject_cn: Option<String>,
+    pub subject_state: Option<String>,
+    pub subject_locality: Option<String>,
+    pub issuer_cn: Option<String>,
 }
 
-/// The CN of a distinguished name in any of the usual forms (`/C=DE/CN=x`, `CN=x,O=y`,
-/// `C = DE, CN = x`); a bare name is taken as it is.
-pub fn common_name_of(dn: &str) -> String {
-    for part in dn.split(['/', ',']) {
-        if let Some((key, value)) = part.split_once('=') {
-            if key.trim().eq_ignore_ascii_case("CN") {
-                return value.trim().to_string();
-            }
-        }
+/// The names of a PEM (or DER) certificate.
+pub fn names_in_certificate(certificate: &str) -> Option<CertificateNames> {
+    let der = der_of(certificate.as_bytes())?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    fn first<'a>(mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>) -> Option<String> {
+        values.next().and_then(|value| value.as_str().ok()).map(String::from)
     }
-    dn.trim().to_string()
+    let subject = parsed.subject();
+    Some(CertificateNames {
+        subject_cn: first(subject.iter_common_name()),
+        subject_state: first(subject.iter_state_or_province()),
+        subject_locality: first(subject.iter_locality()),
+        issuer_cn: first(parsed.issuer().iter_common_name()),
+    })
+}
+
+/// One component of a distinguished name in any of the usual forms (`/C=DE/CN=x`,
+/// `CN=x,O=y`, `C = DE, CN = x`), by any of its keys.
+fn dn_component(dn: &str, keys: &[&str]) -> Option<String> {
+    dn.split(['/', ',']).find_map(|part| {
+        let (key, value) = part.split_once('=')?;
+        keys.iter().any(|k| key.trim().eq_ignore_ascii_case(k)).then(|| value.trim().to_string())
+    })
+}
+
+/// The CN of a distinguished name; a bare name is taken as it is.
+pub fn common_name_of(dn: &str) -> String {
+    dn_component(dn, &["CN"]).unwrap_or_else(|| dn.trim().to_string())
 }
 
 /// The configured CA names a device certificate must be issued by.
@@ -92,6 +123,41 @@ pub fn check_identity(tls: &TlsIdentity, serial: &str, hwid: &str, config: &Conf
     if !crate::device::hwid_belongs_to_serial(hwid, serial) {
         return Err(format!("hwid '{hwid}' does not belong to serial '{serial}'"));
     }
+    verified_by_configured_ca(tls, &names)
+}
+
+/// Checks, with forcetrust, that the client certificate of an SPA device names it (research
+/// notes §4: the subject's `S=` is the MAC, `L=` the serial; a generic certificate,
+/// `S=ciscogeneric`, names no device unless `customcerts/@CAwildcard` says so) and was issued
+/// by a configured CA.
+pub fn check_spa_identity(tls: &TlsIdentity, mac: &str, serial: &str, config: &Config) -> Result<(), String> {
+    let customcerts = config.customcerts.as_ref().ok_or("customcerts/@CAname must be defined")?;
+    let names = ca_names(customcerts);
+    if names.is_empty() {
+        return Err("customcerts/@CAname must be defined".into());
+    }
+    let (state, locality) = (tls.subject_state.as_deref(), tls.subject_locality.as_deref());
+    if state.is_none() && locality.is_none() {
+        return Err("no client certificate naming an SPA device (no S= or L= in its subject)".into());
+    }
+    let plain_mac = |text: &str| text.replace(['-', ':', '.'], "").to_ascii_lowercase();
+    let wildcard = customcerts.attr("CAwildcard").filter(|w| !w.is_empty());
+    let names_device = state.is_some_and(|s| plain_mac(s) == plain_mac(mac))
+        || locality.is_some_and(|l| !serial.is_empty() && l.eq_ignore_ascii_case(serial))
+        || wildcard.is_some_and(|w| state == Some(w) || locality == Some(w));
+    if !names_device {
+        return Err(format!(
+            "client certificate S={} L={} does not name this device (MAC {mac}, serial {})",
+            crate::spa::shown(state.unwrap_or("")),
+            crate::spa::shown(locality.unwrap_or("")),
+            if serial.is_empty() { "unknown" } else { serial }
+        ));
+    }
+    verified_by_configured_ca(tls, &names)
+}
+
+/// The web server verified the certificate, and its issuer is one of `customcerts/@CAname`.
+fn verified_by_configured_ca(tls: &TlsIdentity, names: &[String]) -> Result<(), String> {
     match tls.verify.as_deref() {
         Some("SUCCESS") => {}
         Some(other) => return Err(format!("client certificate not verified ({other})")),
@@ -658,9 +724,9 @@ mod tests {
     fn names_from_an_exported_certificate() {
         let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/cases/customcerts-signed-upload/tree/certs/CAkey1.pem");
         let pem = std::fs::read_to_string(ca).expect("the conformance corpus is beside the repository");
-        let (subject, issuer) = names_in_certificate(&pem).unwrap();
-        assert_eq!(subject.as_deref(), Some("innovaphone Device Certification Authority"));
-        assert_eq!(issuer.as_deref(), Some("innovaphone Device Certification Authority"));
+        let names = names_in_certificate(&pem).unwrap();
+        assert_eq!(names.subject_cn.as_deref(), Some("innovaphone Device Certification Authority"));
+        assert_eq!(names.issuer_cn.as_deref(), Some("innovaphone Device Certification Authority"));
         assert!(names_in_certificate("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_none());
     }
 
@@ -698,6 +764,23 @@ mod tests {
         assert_eq!(common_name_of("C = DE, O = innovaphone AG, CN = IP232-3e-0c-57"), "IP232-3e-0c-57");
         assert_eq!(common_name_of("/C=DE/CN=innovaphone Device Certification Authority"), "innovaphone Device Certification Authority");
         assert_eq!(common_name_of("innovaphone Device Certification Authority"), "innovaphone Device Certification Authority");
+    }
+
+    #[test]
+    fn spa_subject_fields_from_each_web_server() {
+        let from = |vars: &[(&str, &str)]| {
+            TlsIdentity::from_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+        };
+        // lighttpd and Apache: one variable per field
+        let lighttpd = from(&[("SSL_CLIENT_S_DN_ST", "58bfea1104e6"), ("SSL_CLIENT_S_DN_L", "CCQ16380FYH"), ("SERVER_SOFTWARE", "lighttpd/1.4.69")]);
+        assert_eq!((lighttpd.subject_state.as_deref(), lighttpd.subject_locality.as_deref()), (Some("58bfea1104e6"), Some("CCQ16380FYH")));
+        assert!(lighttpd.lighttpd);
+        // nginx: the whole subject
+        let nginx = from(&[("SSL_CLIENT_S_DN", "OU=SPA-962,L=88012BA01234,S=000e08abcdef"), ("SSL_CLIENT_I_DN", "CN=Sipura CA Client Root,O=Sipura")]);
+        assert_eq!((nginx.subject_state.as_deref(), nginx.subject_locality.as_deref()), (Some("000e08abcdef"), Some("88012BA01234")));
+        assert_eq!(nginx.issuer.as_deref(), Some("Sipura CA Client Root"));
+        assert_eq!(dn_component("/C=US/ST=58bfea1104e6/L=x", &["ST", "S"]).as_deref(), Some("58bfea1104e6"));
+        assert_eq!(dn_component("CN=a", &["L"]), None);
     }
 
     #[test]

@@ -48,6 +48,13 @@ const A: Device = Device { sn: "00-90-33-3e-0c-57", hwid: "IP232-3e-0c-57", secr
 const B: Device = Device { sn: "00-90-33-11-22-33", hwid: "IP232-11-22-33", secret: "config add CMD0 /name device-b-secret" };
 /// A device that never polled: no state file.
 const C: Device = Device { sn: "00-90-33-44-55-66", hwid: "IP232-44-55-66", secret: "config add CMD0 /name device-c-secret" };
+/// The SPA504G of the thread, with a certificate of the device CA naming it.
+const SPA_MAC: &str = "58bfea1104e6";
+const SPA_SERIAL: &str = "CCQ16380FYH";
+const SPA_AGENT: &str = "Cisco/SPA504G-7.6.1 (58BFEA1104E6)(CCQ16380FYH)";
+const SPA_STATE: &str = "status/58-bf-ea-11-04-e6.xml";
+const SPA_LINE: &str = "<Station_Name>spa-lobby</Station_Name>";
+
 /// The line of the snippet every device gets.
 const COMMON_LINE: &str = "config add CMD0 /location all-default-snippet";
 
@@ -78,6 +85,13 @@ enum Client {
     AOtherTrustedCa,
     /// Device A's CN from a CA lighttpd does not trust.
     AForeignCa,
+    /// The SPA504G's own certificate from the device CA: `S=` its MAC, `L=` its serial.
+    Spa,
+    /// Another SPA's certificate from the device CA.
+    OtherSpa,
+    /// A generic SPA certificate (`S=ciscogeneric`, `L=ciscogeneric`), as units before 2.0.x
+    /// carry.
+    GenericSpa,
 }
 
 impl Client {
@@ -88,6 +102,9 @@ impl Client {
             Client::B => Some("client-b"),
             Client::AOtherTrustedCa => Some("client-a-other"),
             Client::AForeignCa => Some("client-a-foreign"),
+            Client::Spa => Some("client-spa"),
+            Client::OtherSpa => Some("client-spa-other"),
+            Client::GenericSpa => Some("client-spa-generic"),
         }
     }
 }
@@ -202,6 +219,10 @@ fn make_pki(dir: &Path) {
     make_leaf(dir, "client-b", "device-ca", &device_subject(B.hwid), CLIENT_EXT, 3);
     make_leaf(dir, "client-a-other", "other-ca", &device_subject(A.hwid), CLIENT_EXT, 4);
     make_leaf(dir, "client-a-foreign", "foreign-ca", &device_subject(A.hwid), CLIENT_EXT, 5);
+    // the subject form of SPA client certificates (research notes §4)
+    make_leaf(dir, "client-spa", "device-ca", &format!("/OU=SPA504G/L={SPA_SERIAL}/ST={SPA_MAC}"), CLIENT_EXT, 6);
+    make_leaf(dir, "client-spa-other", "device-ca", "/OU=SPA-962/L=88012BA01234/ST=000e08abcdef", CLIENT_EXT, 7);
+    make_leaf(dir, "client-spa-generic", "device-ca", "/OU=cisco.com/L=ciscogeneric/ST=ciscogeneric", CLIENT_EXT, 8);
     // lighttpd: certificate and key in one file; the CAs it accepts client certificates from
     let server = fs::read_to_string(dir.join("server.pem")).unwrap() + &fs::read_to_string(dir.join("server.key")).unwrap();
     fs::write(dir.join("server-with-key.pem"), server).unwrap();
@@ -259,6 +280,7 @@ impl Site {
             ),
         );
         write_old_file(&root, "scripts/update-all-default.txt", &format!("# common snippet\r\n{COMMON_LINE}\r\n"));
+        write_old_file(&root, "scripts/update-all-default.xml", &format!("<flat-profile>\n  {SPA_LINE}\n</flat-profile>\n"));
         for device in [A, B, C] {
             write_old_file(&root, &device.snippet_file(), &format!("{}\r\n", device.secret));
         }
@@ -298,6 +320,21 @@ impl Site {
     }
 
     fn curl(&self, url: &str, client: Client, body: Option<&[u8]>) -> Reply {
+        self.curl_as("innovaphone-update/1.0", url, client, body)
+    }
+
+    /// An SPA profile request as the phone sends it: its agent, `mac=` from `$MA`.
+    fn spa_request(&self, port: Port, client: Client) -> Reply {
+        let (scheme, number) = match port {
+            Port::Http => ("http", self.http),
+            Port::Https => ("https", self.https),
+            Port::Mtls => ("https", self.mtls),
+        };
+        let url = format!("{scheme}://127.0.0.1:{number}{PREFIX}/update.php?mac={}&phase=update", SPA_MAC);
+        self.curl_as(SPA_AGENT, &url, client, None)
+    }
+
+    fn curl_as(&self, agent: &str, url: &str, client: Client, body: Option<&[u8]>) -> Reply {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out_file = self.tmp.path().join(format!("curl-{n}.out"));
@@ -308,7 +345,8 @@ impl Site {
             .env_remove("HTTPS_PROXY")
             .env_remove("ALL_PROXY")
             .env_remove("all_proxy")
-            .args(["-sS", "--noproxy", "*", "--max-time", "30", "-H", "User-Agent: innovaphone-update/1.0"])
+            .args(["-sS", "--noproxy", "*", "--max-time", "30", "-H"])
+            .arg(format!("User-Agent: {agent}"))
             .arg("--cacert")
             .arg(self.pki.join("device-ca.pem"))
             .arg("-o")
@@ -623,4 +661,37 @@ fn lighttpd_exports_the_certificate_but_no_issuer() {
     // what the issuer check has to live with (LIGHTTPD.md): no issuer variable at all, so the
     // refusal in trusted_ca_that_is_not_in_caname_is_refused can only come from the certificate
     site.check(!has("SSL_CLIENT_I_DN") && !has("SSL_CLIENT_I_DN_CN"), "lighttpd exports no issuer variable", &reply);
+}
+
+/// forcetrust for SPA phones (issue 9 item 5): the phone's own certificate (`S=` its MAC, `L=`
+/// its serial, exported by lighttpd) gets its profile; another SPA's certificate, a generic
+/// one, an innovaphone certificate, no certificate and plain HTTP get a 403 and write nothing.
+#[test]
+fn an_spa_phone_is_served_only_with_its_own_certificate() {
+    let site = Site::start();
+    let before = site.files();
+    for (port, client, what) in [
+        (Port::Http, Client::None, "plain HTTP"),
+        (Port::Https, Client::None, "HTTPS without a client certificate"),
+        (Port::Mtls, Client::OtherSpa, "another SPA's certificate"),
+        (Port::Mtls, Client::GenericSpa, "a generic SPA certificate"),
+        (Port::Mtls, Client::A, "an innovaphone device's certificate"),
+    ] {
+        let reply = site.spa_request(port, client);
+        site.check(reply.exit == 0 && reply.status == 403, &format!("{what}: 403"), &reply);
+        site.check(!reply.body.contains(SPA_LINE) && !reply.body.contains("Profile_Rule"), &format!("{what}: no profile"), &reply);
+    }
+    assert_eq!(snapshot_diff(&before, &site.files()), Vec::<String>::new(), "the refusals wrote nothing");
+    site.check(site.server.logs().contains("forcetrust refused"), "the log says why", &Reply { exit: 0, status: 0, body: String::new(), stderr: String::new() });
+
+    let reply = site.spa_request(Port::Mtls, Client::Spa);
+    site.check(reply.exit == 0 && reply.status == 200, "the phone's own certificate: 200", &reply);
+    site.check(reply.body.starts_with("<flat-profile>") && reply.body.contains(SPA_LINE), "the profile with the snippet", &reply);
+    site.check(
+        reply.body.contains(&format!("<Profile_Rule>https://127.0.0.1:{}{PREFIX}/update.php?mac=$MA&amp;phase=update</Profile_Rule>", site.mtls)),
+        "the profile rule stays on the MTLS URL",
+        &reply,
+    );
+    let state = String::from_utf8(site.read(SPA_STATE).expect("the SPA's state file")).unwrap();
+    assert!(state.contains("type=\"SPA504G\"") && state.contains(SPA_SERIAL), "{state}");
 }

@@ -227,16 +227,23 @@ pub fn decide(
     let now = call.now;
     let who = format!("SPA {} {} ({})", device.model, device.mac, call.origin.ip);
     if config.times.forcetrust {
-        // the client certificate check of SPA devices is not built yet: nothing is served
-        // rather than a profile to whoever claims the MAC
-        return Answer {
-            status: 403,
-            content_type: CONTENT_TYPE_TEXT,
-            body: "# forcetrust: SPA devices are not served (no client certificate check for them yet)\r\n".into(),
-            log: Some(format!("{who}: forcetrust is on and SPA client certificates are not checked yet - 403, state left unchanged")),
-            notes: Vec::new(),
-            save: false,
+        // only a device whose certificate names it gets anything, not even the rule to the
+        // HTTPS URL: an SPA without a trusted certificate is not ours (research notes §4)
+        let verdict = if call.https_on(config.times.httpsport.as_deref()) {
+            crate::certs::check_spa_identity(&call.tls, &device.mac, &device.serial, config)
+        } else {
+            Err("plain HTTP, no client certificate (point the phone's Profile_Rule at the HTTPS URL)".to_string())
         };
+        if let Err(refusal) = verdict {
+            return Answer {
+                status: 403,
+                content_type: CONTENT_TYPE_TEXT,
+                body: "# forcetrust: no trusted client certificate for this device\r\n".into(),
+                log: Some(format!("{who}: forcetrust refused: {refusal} - 403, state left unchanged")),
+                notes: Vec::new(),
+                save: false,
+            };
+        }
     }
     let refuse = |message: String| Answer {
         status: 404,
@@ -638,6 +645,52 @@ mod tests {
         let (answer, state, asked) = run(&c, "", LINKSYS_737, &[]);
         assert_eq!((answer.status, answer.save, asked), (403, false, 0));
         assert!(state.children.is_empty());
+    }
+
+    /// With forcetrust, a verified certificate whose `S=` is the MAC or whose `L=` is the serial,
+    /// issued by a CA of `CAname`, gets the profile; any other certificate, and plain HTTP, a
+    /// 403 that leaves the state alone.
+    #[test]
+    fn forcetrust_serves_only_the_certificate_that_names_the_phone() {
+        let c = config("<config><master info=''/><times forcetrust='true'/><customcerts dir='certs' CAname='Sipura CA Client Root'/></config>");
+        let identity = |state: Option<&str>, locality: Option<&str>, issuer: &str, verify: &str| crate::certs::TlsIdentity {
+            subject_state: state.map(String::from),
+            subject_locality: locality.map(String::from),
+            issuer: Some(issuer.into()),
+            verify: Some(verify.into()),
+            ..Default::default()
+        };
+        let served = |tls: crate::certs::TlsIdentity| {
+            let mut https = call("");
+            https.https = true;
+            https.server_port = "443".into();
+            https.tls = tls;
+            let mut state = Element::new("state");
+            let answer = decide(&c, &https, &device(LINKSYS_737), &mut state, &mut |_: &str, _: &[String]| Vec::new());
+            if answer.status == 403 {
+                assert!(!answer.save && state.children.is_empty() && state.attrs.is_empty(), "{answer:?}");
+                assert!(answer.log.as_deref().is_some_and(|l| l.contains("forcetrust refused")), "{answer:?}");
+            }
+            answer.status
+        };
+        let root = "Sipura CA Client Root";
+        assert_eq!(served(identity(Some("58bfea1104e6"), Some("CCQ16380FYH"), root, "SUCCESS")), 200);
+        assert_eq!(served(identity(Some("58:BF:EA:11:04:E6"), None, root, "SUCCESS")), 200);
+        assert_eq!(served(identity(Some("000e08abcdef"), Some("ccq16380fyh"), root, "SUCCESS")), 200);
+        assert_eq!(served(identity(Some("000e08abcdef"), Some("88012BA01234"), root, "SUCCESS")), 403);
+        assert_eq!(served(identity(Some("ciscogeneric"), Some("ciscogeneric"), root, "SUCCESS")), 403);
+        assert_eq!(served(identity(Some("58bfea1104e6"), None, "Some Other CA", "SUCCESS")), 403);
+        assert_eq!(served(identity(Some("58bfea1104e6"), None, root, "FAILED:unable to verify")), 403);
+        assert_eq!(served(crate::certs::TlsIdentity::default()), 403);
+
+        // a generic certificate only where the operator names it the wildcard
+        let c = config("<config><master info=''/><times forcetrust='true'/><customcerts dir='certs' CAname='Sipura CA Client Root' CAwildcard='ciscogeneric'/></config>");
+        let mut https = call("");
+        https.https = true;
+        https.server_port = "443".into();
+        https.tls = identity(Some("ciscogeneric"), Some("ciscogeneric"), root, "SUCCESS");
+        let answer = decide(&c, &https, &device(LINKSYS_737), &mut Element::new("state"), &mut |_: &str, _: &[String]| Vec::new());
+        assert_eq!(answer.status, 200, "{answer:?}");
     }
 
     #[test]
