@@ -135,7 +135,10 @@ pub fn parse_document<'a>(text: &'a str, limits: &Limits, allow_dtd: bool) -> Re
             | roxmltree::Error::NamespacesLimitReached => ErrorKind::OverLimit,
             _ => ErrorKind::Malformed,
         };
-        ParseError { line: pos.row, column: pos.col, message: e.to_string(), kind }
+        // the position is ours to show once, in front (`file:line:column: …`)
+        let message = e.to_string();
+        let message = message.strip_suffix(&format!(" at {}:{}", pos.row, pos.col)).map(str::to_string).unwrap_or(message);
+        ParseError { line: pos.row, column: pos.col, message, kind }
     })?;
     // nodes come in document order, a parent before its children: a node's level is its
     // parent's plus one (the document node, not an element, is level 0)
@@ -551,6 +554,10 @@ mod tests {
         let err = Element::parse("<config>\n  <master info='x'>\n</config>").unwrap_err();
         assert_eq!(err.line, 3);
         assert_eq!(err.kind, ErrorKind::Malformed);
+        // a stray `&` is named as what it is, and the position is not repeated in the message
+        let err = Element::parse("<config>\n  <master info='a&b'/>\n</config>").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 18));
+        assert!(err.message.contains("entity") && !err.message.contains("2:18"), "{}", err.message);
     }
 
     #[test]
