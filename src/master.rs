@@ -43,6 +43,16 @@ pub fn builds(root: &Path, master: &Master, now: i64) -> Result<((String, String
     }
 }
 
+/// The builds in the cache file, whatever its age, for what only reads (the status page's
+/// planned hops): never fetched, None without a master (`info` empty or `none`) or a readable
+/// cache.
+pub fn cached_builds(root: &Path, master: &Master) -> Option<(String, String)> {
+    if master.info.is_empty() || master.info == "none" {
+        return None;
+    }
+    read_cache(&root.join(&master.cache)).ok()
+}
+
 fn read_cache(path: &Path) -> Result<(String, String), String> {
     // read no more than a box info may be (parse_box_info refuses the rest)
     let limit = crate::xml::Limits::DEVICE.bytes as u64 + 1;
@@ -137,7 +147,11 @@ mod tests {
         let (builds, source) = builds(dir.path(), &master, crate::clock::now()).unwrap();
         assert_eq!(builds.0, "134600");
         assert!(matches!(source, Source::StaleCache(_)));
+        // what only reads takes the cache whatever its age, and never asks the master
+        assert_eq!(cached_builds(dir.path(), &master), Some(("134600".into(), "134560".into())));
+        assert_eq!(cached_builds(dir.path(), &Master { info: "none".into(), ..master.clone() }), None);
         std::fs::remove_file(dir.path().join("cache/master-info.xml")).unwrap();
         assert!(super::builds(dir.path(), &master, crate::clock::now()).is_err());
+        assert_eq!(cached_builds(dir.path(), &master), None);
     }
 }

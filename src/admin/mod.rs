@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod files;
 pub mod filter;
+pub mod hops;
 pub mod pages;
 pub mod session;
 pub mod status;

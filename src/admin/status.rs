@@ -5,6 +5,7 @@
 //! of 10,000 devices small.
 
 use super::filter::Filter;
+use super::hops::{self, Hop, Targets};
 use super::xpath::{self, StateDocument};
 use crate::config::Config;
 use super::tree::{self, Node};
@@ -148,6 +149,32 @@ pub struct Row {
     pub environments: String,
     pub snippets: Vec<Snippet>,
     pub info: Option<Vec<InfoBlock>>,
+    /// An SPA device (its state written by an SPA profile): what only SPA devices have.
+    pub spa: Option<SpaFacts>,
+    /// innovaphone: the via build the last firmware command named (`firmware/@via`; empty when
+    /// it named the master's build).
+    pub firmware_via: String,
+    /// The firmware hop the next request gets: for every SPA device, and for innovaphone
+    /// devices on a path when the target is known (see [`hops`]).
+    pub next_hop: Option<Hop>,
+    /// The device's upgrade path in a line (in the details only).
+    pub path: String,
+}
+
+/// The facts of an SPA device's row besides those every row has.
+#[derive(Debug, Clone, Default)]
+pub struct SpaFacts {
+    /// `Linksys`, `Cisco`: the agent's brand.
+    pub vendor: String,
+    /// As the device's label and agent spell it: `58BFEA1104E6`.
+    pub mac: String,
+    pub serial: String,
+    /// The firmware version as the agent reported it (`7.3.7`, `6.1.5(a)`).
+    pub version: String,
+    /// The version of the firmware the last profile sent (`Upgrade_Rule`); empty when none.
+    pub hop_sent: String,
+    /// When the last profile was sent.
+    pub profile: Since,
 }
 
 /// What the page needs to know besides the rows.
@@ -156,6 +183,8 @@ pub struct Columns {
     pub backup: bool,
     pub certs: bool,
     pub info: bool,
+    /// Upgrade paths are configured: the firmware column names the next hop.
+    pub paths: bool,
 }
 
 pub fn columns(config: &Config) -> Columns {
@@ -163,6 +192,7 @@ pub fn columns(config: &Config) -> Columns {
         backup: config.backup.is_some(),
         certs: config.customcerts.is_some(),
         info: !xpath::columns(&config.tree).is_empty(),
+        paths: !config.upgrades.is_empty(),
     }
 }
 
@@ -244,6 +274,8 @@ pub struct RowContext<'a> {
     pub root: &'a Path,
     pub config: &'a Config,
     pub folders: &'a Folders,
+    /// The firmware targets of innovaphone devices on a path (read once per page).
+    pub targets: &'a Targets,
     pub now: i64,
     pub detail: bool,
 }
@@ -321,7 +353,8 @@ pub fn rendered_rows(root: &Path, config: &Config, serials: &[String], now: i64,
     let Some(status) = &config.status else { return String::new() };
     let dir = root.join(&status.dir);
     let folders = Folders::read(root, config, None);
-    let context = RowContext { root, config, folders: &folders, now, detail: false };
+    let targets = Targets::read(root, config);
+    let context = RowContext { root, config, folders: &folders, targets: &targets, now, detail: false };
     let parts = parallel(serials, &|chunk: &[String]| {
         // compiled per chunk: sxd's expressions cannot be shared between threads
         let shows = xpath::Shows::new(&context.config.tree);
@@ -343,7 +376,8 @@ pub fn single_row(root: &Path, config: &Config, sn: &str, now: i64, detail: bool
         return None;
     }
     let folders = Folders::read(root, config, Some(sn));
-    let context = RowContext { root, config, folders: &folders, now, detail };
+    let targets = Targets::read(root, config);
+    let context = RowContext { root, config, folders: &folders, targets: &targets, now, detail };
     Some(row_of_file(&path, sn, &context, &xpath::Shows::new(&config.tree), &mut Vec::new()))
 }
 
@@ -372,7 +406,9 @@ fn read_state<'b>(path: &Path, buffer: &'b mut Vec<u8>) -> Result<roxmltree::Doc
 }
 
 /// The words the filter matches a device against (SPEC §9): ip, serial, type, name, phase,
-/// classes, environments, `present`/`missing`, firmware and boot code; lower-cased.
+/// classes, environments, `present`/`missing`, firmware and boot code; lower-cased. An SPA
+/// device adds `spa`, its vendor, serial number, firmware version, the hop last sent and its
+/// MAC as the label prints it (`58bfea1104e6`: the filter dashes bare innovaphone serials only).
 pub fn facts_of(state: Node, sn: &str, now: i64, missing_after: i64) -> String {
     let device = state.child("device").unwrap_or_default();
     let seen = state.attr("seen").and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
@@ -395,6 +431,27 @@ pub fn facts_of(state: Node, sn: &str, now: i64, missing_after: i64) -> String {
     .map(|word| word.unwrap_or(""))
     .join(" ")
     .to_lowercase()
+        + &spa_facts(device, sn)
+}
+
+/// Whether a state is an SPA device's: only the SPA profile writes `device/@vendor`.
+fn is_spa(device: Node) -> bool {
+    device.attr("vendor").is_some_and(|v| !v.is_empty())
+}
+
+/// The filter words only SPA devices have, lower-cased, each after a space ("" for others).
+fn spa_facts(device: Node, sn: &str) -> String {
+    if !is_spa(device) {
+        return String::new();
+    }
+    let mut words = format!(" spa {}", sn.replace('-', ""));
+    for name in ["vendor", "serial", "version", "hop"] {
+        if let Some(value) = device.attr(name).filter(|v| !v.is_empty()) {
+            words.push(' ');
+            words.push_str(value);
+        }
+    }
+    words.to_lowercase()
 }
 
 /// Builds the row of a state file (read into `buffer`).
@@ -491,6 +548,27 @@ pub fn row_of_state(state: Node, sn: &str, context: &RowContext, shows: &xpath::
         })
         .collect();
     let info = (!shows.queries.is_empty()).then(|| info_blocks(state, shows, now));
+    let firmware_via = state.child("firmware").map(|f| attr(f, "via")).unwrap_or_default();
+    let (spa, next_hop, path) = if is_spa(device) {
+        let upgrade_path = crate::upgrades::spa_path(&config.upgrades, &device_type);
+        let version = attr(device, "version");
+        let next = hops::spa_hop(upgrade_path, &version);
+        let line = if context.detail { upgrade_path.map(hops::spa_path_line).unwrap_or_default() } else { String::new() };
+        let profile = device.attr("profile").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
+        let facts = SpaFacts {
+            vendor: attr(device, "vendor"),
+            mac: sn.replace('-', "").to_ascii_uppercase(),
+            serial: attr(device, "serial"),
+            version,
+            hop_sent: attr(device, "hop"),
+            profile: Since::of(profile, now),
+        };
+        (Some(facts), Some(next), line)
+    } else if context.targets.paths {
+        build_path_cells(state, &device_type, &environments, context)
+    } else {
+        (None, None, String::new())
+    };
     Row {
         sn: sn.to_string(),
         broken: None,
@@ -515,7 +593,25 @@ pub fn row_of_state(state: Node, sn: &str, context: &RowContext, shows: &xpath::
         environments,
         snippets,
         info,
+        spa,
+        firmware_via,
+        next_hop,
+        path,
     }
+}
+
+/// The next hop and the path line of an innovaphone device, when it is on a path.
+fn build_path_cells(state: Node, device_type: &str, environments: &str, context: &RowContext) -> (Option<SpaFacts>, Option<Hop>, String) {
+    let config = context.config;
+    let classes = crate::script::decide::device_classes(config, device_type);
+    let environments: Vec<String> = environments.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
+    let Some(path) = crate::upgrades::build_path(&config.upgrades, &classes, &environments) else {
+        return (None, None, String::new());
+    };
+    let target = context.targets.of_device(config, device_type, &classes, &environments);
+    let prot = state.child("firmware").and_then(|f| f.attr("build")).filter(|b| !b.trim().is_empty());
+    let line = if context.detail { hops::build_path_line(path, &target) } else { String::new() };
+    (None, hops::build_hop(&target, path, prot), line)
 }
 
 /// An address we are willing to put into a link: an IPv4/IPv6 address or a host name.
@@ -638,6 +734,111 @@ mod tests {
         assert_eq!(serial_prefix("00-90-33-3e-0c-57-request.p10.der"), Some("00-90-33-3e-0c-57"));
         assert_eq!(serial_prefix("0090333e0c57-signedrequest.cer"), Some("0090333e0c57"));
         assert_eq!(serial_prefix("CAkey1.pem"), None);
+    }
+
+    const PATHS: &str = r#"<upgrades>
+        <path models="SPA504G" version="7.6.1" file="fw/cisco/spa50x-30x-7-6-1.bin" downgradelimit="7.6.1">
+          <via version="7.5.2b" file="fw/cisco/spa50x-30x-7-5-2b.bin"/>
+        </path>
+        <path applies="phone"><via build="131504"/></path>
+      </upgrades>"#;
+
+    fn config(user: &str) -> Config {
+        let defaults = crate::xml::Element::parse_trusted(include_str!("../../config.xml")).unwrap();
+        crate::config::build(defaults, &crate::xml::Element::parse(user).unwrap(), "user-config.xml").unwrap()
+    }
+
+    /// The row of a state text and its HTML, as the page renders it.
+    fn row_and_html(config: &Config, targets: &Targets, sn: &str, state: &str, detail: bool) -> (Row, String) {
+        use askama::Template;
+        let doc = tree::parse(state).unwrap();
+        let folders = Folders::default();
+        let context = RowContext { root: Path::new("/nonexistent"), config, folders: &folders, targets, now: 1_700_000_600, detail };
+        let row = row_of_state(Node::of(doc.root_element()), sn, &context, &xpath::Shows::new(&config.tree));
+        let page = super::super::templates::Page::default();
+        let html = (super::super::templates::RowFragment { page: &page, cols: &columns(config), row: &row }).render().unwrap();
+        (row, html)
+    }
+
+    const SPA_STATE: &str = r#"<state seen="1700000000" phase="update" nextphase="">
+  <device sn="58-bf-ea-11-04-e6" type="SPA504G" vendor="Linksys" serial="CCQ16380FYH" version="7.3.7" classes="spa50x, spa504g" ip="10.0.0.5" rp="false" proxy="" phase="update" environments="default" hop="7.5.2b" profile="1700000000"/>
+</state>"#;
+
+    #[test]
+    fn an_spa_row_shows_its_facts_and_next_hop() {
+        let c = config(&format!("<config><master info=''/>{PATHS}</config>"));
+        let targets = Targets::of(&c, None);
+        let (row, html) = row_and_html(&c, &targets, "58-bf-ea-11-04-e6", SPA_STATE, false);
+        let spa = row.spa.as_ref().expect("an SPA row");
+        assert_eq!(
+            [spa.vendor.as_str(), spa.mac.as_str(), spa.serial.as_str(), spa.version.as_str(), spa.hop_sent.as_str(), spa.profile.text.as_str()],
+            ["Linksys", "58BFEA1104E6", "CCQ16380FYH", "7.3.7", "7.5.2b", "10 mins"]
+        );
+        assert_eq!(row.next_hop.as_ref().map(|h| h.text.as_str()), Some("7.5.2b (via)"));
+        assert_eq!((row.phase.as_str(), row.device_type.as_str(), row.path.as_str()), ("update", "SPA504G", ""));
+        assert!(row.facts.ends_with(" spa 58bfea1104e6 linksys ccq16380fyh 7.3.7 7.5.2b"), "{}", row.facts);
+        for needle in [
+            "class=\"device spa\"",
+            "SPA504G <span class=\"tag vendor\"",
+            ">Linksys</span>",
+            "<span class=\"prompt\">MAC</span> 58BFEA1104E6 <span class=\"prompt\">serial</span> CCQ16380FYH",
+            "title=\"firmware version the device reported\">7.3.7</span> <span class=\"requested\" title=\"the firmware the last profile sent\">→ 7.5.2b</span>",
+            "<div class=\"next load\" title=\"fw/cisco/spa50x-30x-7-5-2b.bin, an intermediate version on the way to 7.6.1\"><span class=\"prompt\">next:</span> 7.5.2b (via)</div>",
+            "<span class=\"prompt\">profile:</span> <span title=\"Tue, 14 Nov 2023 22:13:20 GMT\">10 mins</span>",
+        ] {
+            assert!(html.contains(needle), "{needle}\nin {html}");
+        }
+        // no boot code line and no path line outside the details
+        assert!(!html.contains("<br>") && !html.contains("class=\"path\""), "{html}");
+        let (row, html) = row_and_html(&c, &targets, "58-bf-ea-11-04-e6", SPA_STATE, true);
+        assert_eq!(row.path, "7.5.2b (via) → 7.6.1, downgrade limit 7.6.1");
+        assert!(html.contains("<span class=\"prompt\">path:</span> 7.5.2b (via) → 7.6.1, downgrade limit 7.6.1"), "{html}");
+        // a model without a path, and one without a hop sent
+        let other = SPA_STATE.replace("SPA504G", "SPA525G").replace(" hop=\"7.5.2b\"", "");
+        let (row, html) = row_and_html(&c, &targets, "58-bf-ea-11-04-e6", &other, false);
+        assert_eq!(row.next_hop.as_ref().map(|h| h.text.as_str()), Some("no path"));
+        assert!(!html.contains("class=\"requested\""), "{html}");
+    }
+
+    fn innovaphone_state(build: &str, via: &str) -> String {
+        format!(
+            r#"<state seen="1700000000" phase="update"><device sn="00-90-33-3e-0c-57" type="IP232" classes="phone, ip232" ip="172.16.4.57" phase="update" environments="default"/><firmware build="{build}" requested="131504"{via} requested-at="1700000000"/><bootcode build="131000"/></state>"#
+        )
+    }
+
+    #[test]
+    fn an_innovaphone_row_on_a_path_shows_the_via_and_the_next_hop() {
+        let c = config(&format!("<config><master info='http://10.0.0.1/CMD0/box_info.xml'/>{PATHS}</config>"));
+        let cached = ("134567".to_string(), "134560".to_string());
+        let known = Targets::of(&c, Some(&cached));
+        let state = innovaphone_state("130178", " via=\"131504\"");
+        let (row, html) = row_and_html(&c, &known, "00-90-33-3e-0c-57", &state, false);
+        assert!(row.spa.is_none() && !row.facts.contains(" spa "), "{}", row.facts);
+        assert_eq!(row.firmware_via, "131504");
+        assert_eq!(row.next_hop.as_ref().map(|h| h.text.as_str()), Some("131504 (via)"));
+        for needle in [
+            "130178 <span class=\"requested\" title=\"requested firmware\">→ 131504</span><br>131000",
+            "<div class=\"via-build\" title=\"the via build the last firmware command named\"><span class=\"prompt\">via:</span> 131504</div>",
+            "<span class=\"prompt\">next:</span> 131504 (via)</div>",
+        ] {
+            assert!(html.contains(needle), "{needle}\nin {html}");
+        }
+        assert!(!html.contains("class=\"device spa"), "{html}");
+        // past the via: the master's build; at it: nothing to load
+        let (row, _) = row_and_html(&c, &known, "00-90-33-3e-0c-57", &innovaphone_state("131504", ""), true);
+        assert_eq!((row.next_hop.as_ref().map(|h| h.text.as_str()), row.firmware_via.as_str()), (Some("134567"), ""));
+        assert_eq!(row.path, "131504 (via) → 134567");
+        let (row, _) = row_and_html(&c, &known, "00-90-33-3e-0c-57", &innovaphone_state("134567", ""), false);
+        assert_eq!(row.next_hop.as_ref().map(|h| h.text.as_str()), Some("at target"));
+        // no cached master info: the via from the state only
+        let unknown = Targets::of(&c, None);
+        let (row, html) = row_and_html(&c, &unknown, "00-90-33-3e-0c-57", &state, false);
+        assert_eq!((row.next_hop.as_ref(), row.firmware_via.as_str()), (None, "131504"));
+        assert!(html.contains("via:</span> 131504") && !html.contains("next:"), "{html}");
+        // a device on no path (a gateway): nothing new
+        let gw = state.replace("type=\"IP232\"", "type=\"IP1202\"");
+        let (row, html) = row_and_html(&c, &known, "00-90-33-3e-0c-57", &gw, false);
+        assert!(row.next_hop.is_none() && !html.contains("next:"), "{html}");
     }
 
     #[test]
