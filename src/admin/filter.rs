@@ -1,7 +1,9 @@
 //! The device filter of the status page, as the old page had it: every word of the filter must
 //! match a whole word of the device's facts (ip, serial, type, name, phase, classes,
-//! environments, `present`/`missing`, firmware, boot code), `*` and `?` are wildcards, case does
-//! not matter, and a bare serial (`0090333e0c57`) matches its dashed form. `www/admin.js` does
+//! environments, `present`/`missing`, firmware, boot code; SPA devices add `spa`, vendor, serial
+//! number, version, the hop last sent and their bare MAC, see `status::facts_of`), `*` and `?`
+//! are wildcards, case does not matter, and a bare serial (`0090333e0c57`) matches its dashed
+//! form. `www/admin.js` does
 //! the same in the browser; this is the server side (`admin.php?mode=status&filter=…`).
 
 use regex::Regex;

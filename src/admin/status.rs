@@ -531,7 +531,9 @@ pub fn row_of_state(state: Node, sn: &str, context: &RowContext, shows: &xpath::
         let files = if context.detail && has_files { backup_files(context.root, &b.dir, &hwid, now) } else { Vec::new() };
         BackupCell { last, has_files, files }
     });
-    let certs = cert_dir(config).map(|dir| {
+    // SPA devices take no part in the certificate roll-out (SPEC §5): no cell rather than a
+    // status of "unknown" on every phone
+    let certs = cert_dir(config).filter(|_| !is_spa(device)).map(|dir| {
         let names = context.folders.cert_files.get(sn).map(Vec::as_slice).unwrap_or(&[]);
         cert_cell(state, device, sn, &dir, names)
     });
