@@ -17,10 +17,16 @@ XPath, rendering, exit), which is an upper bound of the server time, the CPU tim
 threads, and the page size. Run it on an otherwise idle machine: the wall time is what an
 operator waits for, and other load on the cores inflates it.
 
+With `--mixed` the fleet is one of SPA phones and innovaphone phones on upgrade paths (issue 9):
+the user file gets an SPA and an innovaphone `<upgrades>` path and a master (never reachable;
+its box info is cached), every third device is an SPA504G state as an SPA profile writes it,
+and the innovaphone phones carry `firmware/@via`; every row then plans its next hop.
+
 Usage:
 
     python3 bench/status_page.py                    # builds release first
     python3 bench/status_page.py --no-build --runs 7 --sizes 100,1000,10000
+    python3 bench/status_page.py --no-build --mixed
 
 Results go to bench/results/status_page.md (git-ignored). Nothing but local files and child
 processes are used; the temporary directories are removed at the end.
@@ -96,21 +102,63 @@ def state(i, now):
 """ % {"seen": seen, "sn": sn, "hwid": hwid, "a": (i // 250) % 250, "b": i % 250 + 1, "msgs": msgs, "i": i}
 
 
-def make_root(n):
+MIXED_CONFIG = """  <upgrades>
+    <path models="SPA301 SPA303 SPA501G SPA502G SPA504G SPA508G SPA509G" version="7.6.1" file="fw/cisco/spa50x-30x-7-6-1.bin" downgradelimit="7.6.1">
+      <via version="7.5.2b" file="fw/cisco/spa50x-30x-7-5-2b.bin"/>
+    </path>
+    <path applies="phone"><via build="131504"/></path>
+  </upgrades>
+</config>
+"""
+
+
+def spa_state(i, now):
+    """An SPA504G's state as src/spa/profile.rs writes it (the versions of the thread's walk)."""
+    digits = "%06x" % i
+    sn = "58-bf-ea-%s-%s-%s" % (digits[0:2], digits[2:4], digits[4:6])
+    seen = now - (i * 37) % 900000
+    version, hop = [("7.3.7", "7.5.2b"), ("7.5.2b", "7.6.1"), ("7.6.1", ""), ("7.5.2b(XU1)", "")][i % 4]
+    msgs = "".join('  <msgs time="%d" msg="%s"/>\n' % (seen, m) for m in ["", "firmware %s -> %s (fw/cisco/x.bin)" % (version, hop), ""])
+    return sn, """<?xml version="1.0" encoding="UTF-8"?>
+<state seen="%(seen)d" phase="update" nextphase="">
+  <device sn="%(sn)s" type="SPA504G" vendor="Cisco" serial="CCQ%(i)08d" version="%(version)s" classes="spa50x, spa504g" ip="172.16.%(a)d.%(b)d" rp="false" proxy="" phase="update" environments="default" hop="%(hop)s" profile="%(seen)d"/>
+  <config filename="scripts/update-all-default.xml" delivered="%(seen)d" version="1600000000"/>
+  <config filename="scripts/update-spa50x-default.xml" delivered="%(seen)d" version="1600000000"/>
+%(msgs)s</state>
+""" % {"seen": seen, "sn": sn, "i": i, "version": version, "hop": hop, "a": (i // 250) % 250, "b": i % 250 + 1, "msgs": msgs}
+
+
+def make_root(n, mixed=False):
     root = tempfile.mkdtemp(prefix="status-bench-")
     shutil.copy(os.path.join(REPO, "config.xml"), root)
     shutil.copy(os.path.join(REPO, "full-config.dtd"), root)
     for d in ["config", "status", "backup", "certs", "cache", "scripts", "admin"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     with open(os.path.join(root, "config/user-config.xml"), "w") as f:
-        f.write(USER_CONFIG)
+        if mixed:
+            f.write(USER_CONFIG.replace('<master info=""', '<master info="http://127.0.0.1:9/CMD0/box_info.xml"').replace("</config>\n", MIXED_CONFIG))
+        else:
+            f.write(USER_CONFIG)
+    if mixed:
+        with open(os.path.join(root, "cache/master-info.xml"), "w") as f:
+            f.write("<info><sys version='IP811[13r3 sr7 [134567]], Bootcode[134560], Hardware[302]'/></info>")
     with open(os.path.join(root, "scripts/update-all-default.txt"), "w") as f:
         f.write("config add CMD0 /location x\n")
     now = int(time.time())
     for i in range(n):
+        if mixed and i % 3 == 1:
+            sn, text = spa_state(i, now)
+            with open(os.path.join(root, "status", sn + ".xml"), "w") as f:
+                f.write(text)
+            continue
         sn = serial(i)
         with open(os.path.join(root, "status", sn + ".xml"), "w") as f:
-            f.write(state(i, now))
+            text = state(i, now)
+            if mixed:
+                build, via = [("130178", "131504"), ("131504", ""), ("134567", "")][i % 3]
+                text = text.replace('<firmware requested="1333" requested-at="%d" build="1333"/>' % (now - (i * 37) % 900000),
+                                    '<firmware requested="131504" via="%s" requested-at="0" build="%s"/>' % (via, build))
+            f.write(text)
         if i % 2 == 0:
             hwid = "IP232-" + sn[9:]
             folder = os.path.join(root, "backup", hwid)
@@ -159,16 +207,17 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--binary", default=None)
+    parser.add_argument("--mixed", action="store_true", help="SPA and innovaphone devices on upgrade paths")
     args = parser.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = args.binary or os.path.join(target, "release", "update-server")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
     lines = ["# Status page benchmark (%s)" % datetime.datetime.now().isoformat(timespec="seconds"), "",
-             "cores: %d; binary: %s; %d runs per size, CGI process wall time" % (os.cpu_count(), binary, args.runs), "",
+             "cores: %d; binary: %s; %d runs per size, CGI process wall time%s" % (os.cpu_count(), binary, args.runs, "; mixed fleet (SPA, upgrade paths)" if args.mixed else ""), "",
              "| devices | view | median ms | best ms | CPU ms (all threads) | page KiB | rows |", "|---:|---|---:|---:|---:|---:|---:|"]
     for n in [int(s) for s in args.sizes.split(",")]:
-        root = make_root(n)
+        root = make_root(n, args.mixed)
         try:
             _, head, _ = cgi(binary, root, "POST", "", ("user=admin&pw=%s" % PASSWORD).encode(),
                              {"CONTENT_TYPE": "application/x-www-form-urlencoded"})
