@@ -55,7 +55,13 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The CGI/FastCGI form: `Status:` line, headers, blank line, body.
+    /// The CGI/FastCGI form: `Status:` line, headers, `Content-Length`, blank line, body.
+    ///
+    /// The length is always sent (old firmware speaks HTTP/1.0): a web server that has it passes
+    /// it on instead of chunking the answer or ending it by closing the connection, which
+    /// lighttpd does with an answer of unknown length once it streams answers
+    /// (`server.stream-response-body`). The framing is ours, so a handler's own
+    /// `Content-Length` or `Transfer-Encoding` is dropped.
     pub fn to_cgi_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 128);
         out.extend_from_slice(format!("Status: {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes());
@@ -65,12 +71,24 @@ impl Response {
             if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
                 continue;
             }
+            if k.eq_ignore_ascii_case("Content-Length") || k.eq_ignore_ascii_case("Transfer-Encoding") {
+                continue;
+            }
             out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        if has_body(self.status) {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
     }
+}
+
+/// Whether an answer with `status` has a body, and so a `Content-Length` (RFC 9110 §8.6: not
+/// 1xx, 204 or 304).
+pub fn has_body(status: u16) -> bool {
+    !matches!(status, 100..=199 | 204 | 304)
 }
 
 /// The standard reason phrase of the status codes this server uses.
@@ -139,7 +157,22 @@ mod tests {
         let mut response = Response::text(302, "# x");
         response.headers.push(("Location".into(), "https://a/?x\r\nSet-Cookie: s=1".into()));
         let bytes = String::from_utf8(response.to_cgi_bytes()).unwrap();
-        assert!(bytes.starts_with("Status: 302 Found\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\n"), "{bytes}");
+        assert!(bytes.starts_with("Status: 302 Found\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 3\r\n\r\n# x"), "{bytes}");
         assert!(!bytes.contains("Set-Cookie"));
+    }
+
+    #[test]
+    fn the_cgi_form_carries_the_body_length_and_only_ours() {
+        let mut response = Response::text(200, "# 13 bytes..\r\n");
+        response.headers.push(("content-length".into(), "99".into()));
+        response.headers.push(("Transfer-Encoding".into(), "chunked".into()));
+        let bytes = String::from_utf8(response.to_cgi_bytes()).unwrap();
+        assert_eq!(bytes, "Status: 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 14\r\n\r\n# 13 bytes..\r\n");
+        let empty = String::from_utf8(Response::text(404, "").to_cgi_bytes()).unwrap();
+        assert!(empty.ends_with("\r\nContent-Length: 0\r\n\r\n"), "{empty}");
+        for status in [204, 304] {
+            let bytes = String::from_utf8(Response::text(status, "").to_cgi_bytes()).unwrap();
+            assert!(!bytes.to_ascii_lowercase().contains("content-length"), "{bytes}");
+        }
     }
 }
