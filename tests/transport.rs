@@ -10,6 +10,9 @@
 //! * The thread's walk of an SPA504G (7.3.7 and 7.4.3a with a `Linksys/` agent, 7.5.2b and
 //!   7.6.1 with a `Cisco/` one) over HTTP/1.0 as old firmware sends it, each `Upgrade_Rule`
 //!   fetched as the phone would, and the device's state file afterwards.
+//! * An innovaphone phone below the via build of its path gets the via build, then the build
+//!   the configuration names (`master/@firmware`), then nothing; a gateway, not on the phones'
+//!   path, the target at once.
 //!
 //! Requests are written byte by byte here (no HTTP library), so the protocol version is the
 //! one named and the raw head of every answer is seen.
@@ -32,7 +35,8 @@ const HOST: &str = "update.example.com";
 
 const CONFIG: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <config>
-  <master info="" user="admin" password="Test-Passw0rd"/>
+  <master info="none" firmware="134567" bootcode="none" user="admin" password="Test-Passw0rd"/>
+  <fwstorage url="fw/{build}/{filename}"/>
   <status dir="status"/>
   <backup dir="backup"/>
   <upgrades>
@@ -40,6 +44,7 @@ const CONFIG: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
           version="7.6.1" file="fw/cisco/spa50x-30x-7-6-1.bin" downgradelimit="7.6.1">
       <via version="7.5.2b" file="fw/cisco/spa50x-30x-7-5-2b.bin"/>
     </path>
+    <path applies="phone"><via build="131504"/></path>
   </upgrades>
 </config>
 "#;
@@ -623,4 +628,50 @@ fn the_threads_walk_through_lighttpd_fastcgi() {
 #[test]
 fn the_threads_walk_through_serve() {
     the_threads_walk(Door::Serve);
+}
+
+// ---------------------------------------------------------------------------------------------
+// An innovaphone phone on its upgrade path
+// ---------------------------------------------------------------------------------------------
+
+/// The `prot` commands of a poll answer.
+fn prot_commands(answer: &str) -> Vec<String> {
+    commands_of(answer).into_iter().filter(|c| c.starts_with("mod cmd UP0 prot ")).collect()
+}
+
+fn an_innovaphone_phone_walks_its_path(door: Door) {
+    let site = Site::start(door, Answers::Buffered);
+    let poll = |device: &str, prot: &str| {
+        let query = format!("{device}&PROT={prot}");
+        let answer = http10(site.port, &site.host(), &Ask::get("poll", format!("{PREFIX}/update.php?{query}"), INNOVAPHONE));
+        let context = format!("{door:?} door, {query}:\n{}\n{}", answer.head, site.logs());
+        assert_eq!((answer.status, answer.framing), (200, Framing::ContentLength), "{context}");
+        (prot_commands(&answer.text()), context)
+    };
+    let phone = "type=IP222&sn=00-90-33-11-22-33&hwid=IP222-11-22-33&ip=172.16.4.33&polling=0&phase=update";
+    let url = |build: &str, file: &str| format!("mod cmd UP0 prot {}/fw/{build}/{file} ser {build}", site.base_url());
+    let (sent, context) = poll(phone, "130178");
+    assert_eq!(sent, [url("131504", "ip222.bin")], "below the via build: the via build\n{context}");
+    let state = fs::read_to_string(site.tree.join("status/00-90-33-11-22-33.xml")).unwrap();
+    assert!(state.contains("via=\"131504\"") && state.contains("requested=\"131504\""), "{state}");
+    let (sent, context) = poll(phone, "131504");
+    assert_eq!(sent, [url("134567", "ip222.bin")], "at the via build: the target\n{context}");
+    let state = fs::read_to_string(site.tree.join("status/00-90-33-11-22-33.xml")).unwrap();
+    assert!(!state.contains("via=") && state.contains("requested=\"134567\""), "{state}");
+    let (sent, context) = poll(phone, "134567");
+    assert!(sent.is_empty(), "at the target: no firmware command\n{context}");
+
+    let gateway = "type=IP0011&sn=00-90-33-44-55-66&hwid=IP0011-44-55-66&ip=172.16.4.66&polling=0&phase=update";
+    let (sent, context) = poll(gateway, "130178");
+    assert_eq!(sent, [url("134567", "ip0011.bin")], "a gateway is not on the phones' path\n{context}");
+}
+
+#[test]
+fn an_innovaphone_phone_walks_its_path_through_lighttpd_cgi() {
+    an_innovaphone_phone_walks_its_path(Door::Cgi);
+}
+
+#[test]
+fn an_innovaphone_phone_walks_its_path_through_lighttpd_fastcgi() {
+    an_innovaphone_phone_walks_its_path(Door::FastCgi);
 }
