@@ -589,29 +589,17 @@ pub fn der_of(data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Base64 as PEM files hold it: the standard alphabet, padding or not (a certificate an
+/// operator pasted may have lost its `=`), white space between the lines ignored.
+const PEM_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    };
+    use base64::Engine;
     let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let data: Vec<u8> = clean.iter().copied().take_while(|b| *b != b'=').collect();
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
-    }
-    Some(out)
+    PEM_BASE64.decode(clean).ok()
 }
 
 /// `2099-01-01T00:00:00Z` (the device's time format) as epoch seconds.
@@ -679,19 +667,8 @@ pub fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
 /// DER bytes as PEM with the given label: base64 in 64-column lines, CRLF line ends, as the old
 /// server wrote certificate requests.
 pub fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut encoded = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
-            if i <= chunk.len() {
-                encoded.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                encoded.push('=');
-            }
-        }
-    }
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\r\n");
     for line in encoded.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or(""));
@@ -717,24 +694,35 @@ mod tests {
         assert_eq!(pem("X", b"hi!"), "-----BEGIN X-----\r\naGkh\r\n-----END X-----\r\n");
     }
 
-    /// A real certificate (CN=IP232-3e-0c-57, issued by "innovaphone Device Certification
-    /// Authority") is read from the conformance corpus when it is there; the CA file of the
-    /// signed-upload case names its own issuer.
+    /// A client certificate of the SPA form (`OU=SPA504G, L=<serial>, ST=<MAC>`), made for the
+    /// tests with the openssl CLI and kept in the repository (the key was thrown away).
     #[test]
     fn names_from_an_exported_certificate() {
-        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/cases/customcerts-signed-upload/tree/certs/CAkey1.pem");
-        let pem = std::fs::read_to_string(ca).expect("the conformance corpus is beside the repository");
-        let names = names_in_certificate(&pem).unwrap();
-        assert_eq!(names.subject_cn.as_deref(), Some("innovaphone Device Certification Authority"));
-        assert_eq!(names.issuer_cn.as_deref(), Some("innovaphone Device Certification Authority"));
+        let pem = include_str!("../tests/fixtures/certs/spa504g-client.pem");
+        let names = names_in_certificate(pem).unwrap();
+        assert_eq!(names.subject_cn.as_deref(), Some("SPA504G-58bfea1104e6"));
+        assert_eq!(names.subject_state.as_deref(), Some("58bfea1104e6"));
+        assert_eq!(names.subject_locality.as_deref(), Some("CCQ16380FYH"));
+        assert_eq!(names.issuer_cn.as_deref(), Some("Test SPA Client Root"));
+        // what lighttpd hands over in SSL_CLIENT_CERT: the same names, the issuer only from here
+        let identity = TlsIdentity::from_vars(|name| (name == "SSL_CLIENT_CERT").then(|| pem.to_string()));
+        assert_eq!(identity.issuer.as_deref(), Some("Test SPA Client Root"));
+        assert_eq!(identity.subject_state.as_deref(), Some("58bfea1104e6"));
         assert!(names_in_certificate("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_none());
     }
 
     #[test]
     fn pem_round_trip() {
+        for len in [0usize, 1, 2, 3, 200, 201] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let pem = pem("CERTIFICATE", &der);
+            assert_eq!(der_of(pem.as_bytes()).unwrap(), der, "{len} bytes");
+            // a pasted certificate that lost its padding still reads
+            assert_eq!(der_of(pem.replace('=', "").as_bytes()).unwrap(), der, "{len} bytes unpadded");
+        }
         let der: Vec<u8> = (0u8..=200).collect();
-        assert_eq!(der_of(pem("CERTIFICATE", &der).as_bytes()).unwrap(), der);
         assert_eq!(der_of(&der).unwrap(), der);
+        assert!(der_of(b"-----BEGIN X-----\n!!!!\n-----END X-----\n").is_none());
     }
 
     #[test]
