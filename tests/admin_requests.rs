@@ -516,7 +516,13 @@ fn info_page_builds_the_setup_links() {
     assert!(page.body.contains("config add CMD0 /name Nico+Mobile"));
     let hostile = admin.get("mode=info&env=default&devname=%3Cscript%3Ex%3C%2Fscript%3E", &[HTTPS, ("HTTP_COOKIE", &cookie)]);
     assert!(!hostile.body.contains("<script>x"));
-    assert!(admin.get("mode=info&env=nosuch&devname=x", &[HTTPS, ("HTTP_COOKIE", &cookie)]).body.contains("There is no environment"));
+    let unknown = admin.get("mode=info&env=nosuch&devname=x", &[HTTPS, ("HTTP_COOKIE", &cookie)]).body;
+    assert!(unknown.contains("There is no environment") && !unknown.contains("id=\"command-url\""), "{unknown}");
+    // the first visit, before the form was sent: the Command File URL is there already, the
+    // myPBX links wait for a device name
+    let first = admin.get("mode=info", &[HTTPS, ("HTTP_COOKIE", &cookie)]).body;
+    assert!(first.contains("<pre id=\"command-url\">https://update.example.com/mtls/update/update.php?env=default</pre>"), "{first}");
+    assert!(!first.contains("id=\"ios-link\"") && first.contains("Enter a device name"), "{first}");
 }
 
 // --- upload -------------------------------------------------------------------------------

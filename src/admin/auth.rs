@@ -65,12 +65,23 @@ pub fn is_hash(stored: &str) -> bool {
     stored.starts_with("$2y$") || stored.starts_with("$2b$") || stored.starts_with("$2a$") || stored.starts_with("$argon2")
 }
 
+/// The password as configured, with a pasted `htpasswd -nbB` line (`admin:$2y$…`) taken for
+/// the hash it holds: operators paste the whole line, and a plain comparison with it would
+/// refuse every login without a word.
+pub fn stored_password(config_password: &str) -> &str {
+    match config_password.split_once(':') {
+        Some((name, hash)) if !name.contains('$') && is_hash(hash) => hash,
+        _ => config_password,
+    }
+}
+
 /// Checks a login against the configuration. A hash is verified as such; a plain password is
 /// compared in constant time (both sides hashed first, so not even the length shows).
 pub fn verify(config_user: &str, config_password: &str, user: &str, password: &str) -> bool {
     if policy(config_user, config_password) != Policy::Password {
         return false;
     }
+    let config_password = stored_password(config_password);
     let user_ok = constant_time_eq(digest(config_user).as_bytes(), digest(user).as_bytes());
     let password_ok = if config_password.starts_with("$argon2") {
         verify_argon2(config_password, password)
@@ -279,6 +290,12 @@ mod tests {
         assert!(verify("admin", &argon, "admin", "s3cret"));
         assert!(!verify("admin", &argon, "admin", "wrong"));
         assert!(!verify("admin", "$argon2id$broken", "admin", "x"));
+        // the whole line `htpasswd -nbB admin s3cret` prints, pasted as the password
+        let line = format!("admin:{bcrypt_hash}");
+        assert!(verify("admin", &line, "admin", "s3cret"));
+        assert!(!verify("admin", &line, "admin", &line) && !verify("admin", &line, "admin", "wrong"));
+        // a plain password with a colon stays a plain password
+        assert!(verify("admin", "a:b", "admin", "a:b"));
     }
 
     fn argon2_hash(password: &str) -> String {

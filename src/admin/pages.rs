@@ -126,6 +126,7 @@ pub fn info<'a>(site: &Site, config: &Config, page: &'a Page) -> InfoPage<'a> {
     let device_name: String = site.arg("devname").unwrap_or("").trim().chars().filter(|c| !c.is_control()).take(32).collect();
     let error = (!asked.is_empty() && asked != chosen).then(|| format!("There is no environment '{asked}'."));
     let links = (!device_name.is_empty() && error.is_none()).then(|| setup_links(&site.base_url(), &chosen, &device_name));
+    let command_url = error.is_none().then(|| setup_links(&site.base_url(), &chosen, "").command_url);
     InfoPage {
         page,
         environments: ids.into_iter().map(|id| {
@@ -133,6 +134,7 @@ pub fn info<'a>(site: &Site, config: &Config, page: &'a Page) -> InfoPage<'a> {
             (id, selected)
         }).collect(),
         device_name,
+        command_url,
         links,
         error,
     }

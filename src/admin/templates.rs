@@ -99,6 +99,9 @@ pub struct InfoPage<'a> {
     pub page: &'a Page,
     pub environments: Vec<(String, bool)>,
     pub device_name: String,
+    /// The Command File URL of the chosen environment: shown from the first visit on, it needs
+    /// no device name.
+    pub command_url: Option<String>,
     pub links: Option<SetupLinks>,
     pub error: Option<String>,
 }
