@@ -7,6 +7,8 @@
 //! - nginx and Apache mod_proxy_fcgi answer a device's first poll, its steady poll, a backup PUT,
 //!   `update-migrate.php` and the admin page (login form, login, status list) as the binary
 //!   answers them as CGI on a twin tree, all over one FastCGI connection the web server keeps.
+//! - An idle kept connection is not used after the README's 20 s (nginx closes it), short of
+//!   the binary's own 30 s.
 //! - A chunked backup through mod_cgid and mod_cgi is stored as a Content-Length one is, answered
 //!   at once.
 //! - Bodies over the 16 MiB ceiling or over the mode's limit get the binary's clean 413 through
@@ -207,6 +209,10 @@ fn backend(site: &Site, transport: Transport) -> Running {
     };
     let mut command = Command::new(binary());
     command.args(["fastcgi", "--listen", &listen]).env_remove("UPDATE_SERVER_ROOT").current_dir("/");
+    if transport == Transport::Tcp {
+        // as the README's TCP variant says: only the web server may talk to the binary
+        command.env("FCGI_WEB_SERVER_ADDRS", "127.0.0.1");
+    }
     Running::start("backend", command, ready, vec![site.server_dir().join("backend.log")])
 }
 
@@ -712,6 +718,59 @@ fn nginx_answers_like_cgi_over_one_kept_alive_connection() {
 #[test]
 fn apache_proxy_fcgi_answers_like_cgi_over_one_kept_alive_connection() {
     answers_like_cgi_over_one_kept_connection(Front::Apache);
+}
+
+/// How long the README's blocks let a FastCGI connection idle (`keepalive_timeout 20s`,
+/// `ttl=20`): less than the binary's own 30 s.
+const README_IDLE: Duration = Duration::from_secs(20);
+
+/// One device poll, a pause past the README's idle limit (short of the binary's), another poll:
+/// nginx has closed the idle connection by then; Apache does not use it again. Both answer the
+/// second poll over a new connection.
+fn idle_connection_is_not_used_after_the_readme_limit(front: Front) {
+    let d = deploy_with(front, Transport::Unix, |_| {}, |block| {
+        let limit = match front {
+            Front::Nginx => format!("keepalive_timeout {}s;", README_IDLE.as_secs()),
+            Front::Apache => format!("ttl={}", README_IDLE.as_secs()),
+        };
+        assert!(block.contains(&limit), "the README's {front:?} block has {limit}");
+        block
+    });
+    wait_until_idle(&d.backend);
+    let pid = d.backend.child.id();
+    let reply = poll(d.port);
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", d.logs());
+    let first = fastcgi_connections(pid);
+    assert_eq!(first.len(), 1, "{front:?} keeps the connection: {first:?}");
+    std::thread::sleep(README_IDLE + Duration::from_secs(2));
+    if front == Front::Nginx {
+        assert!(fastcgi_connections(pid).is_empty(), "nginx closed the idle connection itself\n{}", d.logs());
+    }
+    let reply = poll(d.port);
+    assert_eq!(reply.status, 200, "{front:?} after the idle limit: {reply:?}\n{}", d.logs());
+    // Apache closes the expired connection when it takes a new one: wait for the backend to see it
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = fastcgi_connections(pid);
+        if open.len() == 1 && open.is_disjoint(&first) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{front:?}: after the idle limit the backend has {open:?} open (first {first:?})\n{}", d.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_fastcgi_connections_end_at_the_readme_limit() {
+    // both at once: the pause is the test's whole time
+    let runs = [Front::Nginx, Front::Apache].map(|front| std::thread::spawn(move || idle_connection_is_not_used_after_the_readme_limit(front)));
+    // every run ends (and stops its servers) before a failure is passed on
+    let ends = runs.map(|run| run.join());
+    for end in ends {
+        if let Err(panic) = end {
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 fn poll(port: u16) -> Reply {
