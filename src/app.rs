@@ -51,20 +51,37 @@ impl App {
     }
 
     fn update(&self, request: &Request, root: &Path) -> Response {
+        self.answer_device(request, root, Effects::Apply).0
+    }
+
+    /// What `update.php` would answer `request` now, and what it would change — with nothing
+    /// written (`update-server preview`). Only polls (innovaphone and SPA) are previewed.
+    pub fn preview(&self, request: &Request) -> (Response, Vec<String>) {
+        let root = self.root_for(&request.vars, Route::Update);
+        self.answer_device(request, &root, Effects::Preview)
+    }
+
+    /// A device's request to `update.php`; with [`Effects::Preview`] the answer and the changes
+    /// it would make, nothing done.
+    fn answer_device(&self, request: &Request, root: &Path, effects: Effects) -> (Response, Vec<String>) {
         let query = request.var("QUERY_STRING").unwrap_or("");
         // one spelling of a serial from here on: one device, one state file and one row
         let args = crate::device::with_canonical_serial(crate::urlenc::parse_query(query));
         let mode = args.iter().find(|(k, _)| k == "mode").map(|(_, v)| v.as_str()).unwrap_or("");
+        let nothing = Vec::new;
         match mode {
             "" => {}
-            "show" | "status" | "ui" => {
-                return device_text(200, "# for user interface functions, call admin/admin.php instead\r\n")
+            _ if effects == Effects::Preview => {
+                return (device_text(400, "# preview: only polls are previewed (no mode=)\r\n"), nothing())
             }
-            "backup" | "query" | "vardump" => return self.device_data(mode, request, root, &args),
-            "upload" => return crate::admin::upload(request, root, self.configs.get(root)),
+            "show" | "status" | "ui" => {
+                return (device_text(200, "# for user interface functions, call admin/admin.php instead\r\n"), nothing())
+            }
+            "backup" | "query" | "vardump" => return (self.device_data(mode, request, root, &args), nothing()),
+            "upload" => return (crate::admin::upload(request, root, self.configs.get(root)), nothing()),
             other => {
                 let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
-                return device_text(400, format!("# unknown cmd={shown} - exit\r\n"));
+                return (device_text(400, format!("# unknown cmd={shown} - exit\r\n")), nothing());
             }
         }
         let mac_argument = args.iter().find(|(k, _)| k == "mac").map(|(_, v)| v.as_str());
@@ -72,46 +89,69 @@ impl App {
             crate::spa::Identification::NotSpa => {}
             crate::spa::Identification::Refused(refusal) => {
                 let from = crate::spa::shown(request.var("REMOTE_ADDR").unwrap_or(""));
-                eprintln!("update-server: {refusal} (from {from}) - 404, nothing written");
-                return device_text(404, "# SPA device not identified\r\n");
+                let line = format!("{refusal} (from {from}) - 404, nothing written");
+                if effects == Effects::Apply {
+                    eprintln!("update-server: {line}");
+                }
+                return (device_text(404, "# SPA device not identified\r\n"), vec![format!("server log: {line}")]);
             }
-            crate::spa::Identification::Spa(device) => return self.spa(request, root, args, &device),
+            crate::spa::Identification::Spa(device) => return self.spa(request, root, args, &device, effects),
         }
         if let Err(invalid) = crate::device::validate(&args) {
-            return device_text(400, format!("# {invalid} - exit\r\n"));
+            return (device_text(400, format!("# {invalid} - exit\r\n")), nothing());
         }
         let config = match self.config(root) {
             Ok(config) => config,
-            Err(response) => return response,
+            Err(response) => return (response, nothing()),
         };
         let call = call_of(request, args, &config);
-        let outcome = script::run(root, &config, &call, &self.snippets);
-        device_text(outcome.status, outcome.body)
+        match effects {
+            Effects::Apply => {
+                let outcome = script::run(root, &config, &call, &self.snippets);
+                (device_text(outcome.status, outcome.body), nothing())
+            }
+            Effects::Preview => {
+                let preview = script::preview(root, &config, &call, &self.snippets);
+                (device_text(preview.outcome.status, preview.outcome.body), preview.changes)
+            }
+        }
     }
 
     /// An identified SPA device (issue 9): its XML profile. Every refusal is a 404 with a
     /// `#` line and a log line; the phone retries after its error delay.
-    fn spa(&self, request: &Request, root: &Path, args: Vec<(String, String)>, device: &crate::spa::SpaDevice) -> Response {
+    fn spa(
+        &self,
+        request: &Request,
+        root: &Path,
+        args: Vec<(String, String)>,
+        device: &crate::spa::SpaDevice,
+        effects: Effects,
+    ) -> (Response, Vec<String>) {
+        let refuse = |line: String, body: &str| {
+            if effects == Effects::Apply {
+                eprintln!("update-server: {line}");
+            }
+            (device_text(404, body.to_string()), vec![format!("server log: {line}")])
+        };
         if let Err(invalid) = crate::device::validate(&args) {
-            eprintln!("update-server: SPA {} {}: {invalid} - 404, nothing written", device.model, device.mac);
-            return device_text(404, "# invalid argument\r\n");
+            return refuse(format!("SPA {} {}: {invalid} - 404, nothing written", device.model, device.mac), "# invalid argument\r\n");
         }
         let config = match self.configs.get(root) {
             Ok(config) => config,
-            Err(e) => {
-                eprintln!("update-server: SPA {} {}: {e} - 404", device.model, device.mac);
-                return device_text(404, "# configuration error\r\n");
-            }
+            Err(e) => return refuse(format!("SPA {} {}: {e} - 404", device.model, device.mac), "# configuration error\r\n"),
         };
         let call = call_of(request, args, &config);
-        let answer = crate::spa::profile::serve(root, &config, &call, device, &self.snippets);
+        let (answer, changes) = match effects {
+            Effects::Apply => (crate::spa::profile::serve(root, &config, &call, device, &self.snippets), Vec::new()),
+            Effects::Preview => crate::spa::profile::preview(root, &config, &call, device, &self.snippets),
+        };
         let mut response = device_text(answer.status, answer.body);
         for (name, value) in &mut response.headers {
             if name.eq_ignore_ascii_case("Content-Type") {
                 *value = answer.content_type.to_string();
             }
         }
-        response
+        (response, changes)
     }
 
     fn device_data(&self, mode: &str, request: &Request, root: &Path, args: &[(String, String)]) -> Response {
@@ -179,6 +219,13 @@ impl Handler for App {
             Route::Migrate | Route::Unknown => IGNORED_BODY_LIMIT,
         }
     }
+}
+
+/// Whether a device request is carried out or only previewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effects {
+    Apply,
+    Preview,
 }
 
 /// The body limit of requests whose body nobody reads (polls, the migration redirect, unknown

@@ -2,16 +2,22 @@
 
 use std::path::PathBuf;
 
-pub const USAGE: &str = "\
+pub const USAGE: &str = concat!("\
 usage:
   update-server                          CGI (GATEWAY_INTERFACE set) or FastCGI on an inherited
                                          listening socket (fd 0, as lighttpd's bin-path gives it)
   update-server serve [--listen ADDR]    built-in HTTP listener (default 127.0.0.1:8080)
   update-server fastcgi --listen unix:PATH|HOST:PORT
-options:
+", "  update-server preview [--root DIR] --sn SN --type T [--hwid H] [--ip IP] [--phase P] [--env E]
+                        [--prot BUILD] [--boot BUILD] [--user-agent UA] [--mac MAC] [--https]
+                        [--cn CN [--issuer CA]] [--url URL] [--query QUERY] [--arg NAME=VALUE]...
+                                         the answer a device would get now (standard output,
+                                         byte for byte) and what its poll would change
+                                         (standard error); nothing is written
+", "options:
   --root DIR      install directory (the one holding config.xml); default: UPDATE_SERVER_ROOT,
                   else the directory of SCRIPT_FILENAME, else the current directory
-  --workers N     FastCGI / serve worker threads (default 8)";
+  --workers N     FastCGI / serve worker threads (default 8)");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -19,6 +25,8 @@ pub enum Command {
     FastCgiInherited,
     FastCgiListen(String),
     Serve(String),
+    /// `preview`: a device's answer and changes, nothing written.
+    Preview(crate::preview::PreviewArgs),
     Help,
 }
 
@@ -68,6 +76,11 @@ impl Options {
                 }
                 "-h" | "--help" | "help" => subcommand = Some("help"),
                 "serve" | "fastcgi" if subcommand.is_none() => subcommand = Some(arg),
+                // the rest of the line describes the device
+                "preview" if subcommand.is_none() => {
+                    let (preview, preview_root) = crate::preview::PreviewArgs::parse(&args[i + 1..])?;
+                    return Ok(Options { command: Command::Preview(preview), root: preview_root.or(root), workers });
+                }
                 other => return Err(format!("unknown argument '{other}'")),
             }
             i += 1;

@@ -14,6 +14,7 @@ pub mod filecache;
 pub mod http;
 pub mod master;
 pub mod net;
+pub mod preview;
 pub mod queries;
 pub mod route;
 pub mod script;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             let root = app.default_root();
             http::serve::run(&address, root, app as Arc<dyn Handler>)
         }
+        Command::Preview(preview) => return run_preview(&app, &preview),
         Command::Help => {
             println!("{}", update_server::cli::USAGE);
             Ok(())
@@ -35,4 +36,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `preview`: the answer byte for byte on standard output, its status and what the poll would
+/// change on standard error.
+fn run_preview(app: &App, preview: &update_server::preview::PreviewArgs) -> ExitCode {
+    use std::io::Write;
+    let request = match preview.request() {
+        Ok(request) => request,
+        Err(message) => {
+            eprintln!("update-server: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (response, changes) = app.preview(&request);
+    let mut out = std::io::stdout().lock();
+    if out.write_all(&response.body).and_then(|()| out.flush()).is_err() {
+        return ExitCode::FAILURE;
+    }
+    if !response.body.ends_with(b"\n") {
+        // the answer's last line has no line end; on a terminal the report starts on its own
+        eprintln!();
+    }
+    eprintln!("# preview: HTTP {} - nothing was written; the poll would change:", response.status);
+    if changes.is_empty() {
+        eprintln!("#   nothing");
+    }
+    for change in &changes {
+        eprintln!("#   {change}");
+    }
+    ExitCode::SUCCESS
 }

@@ -43,6 +43,21 @@ pub fn builds(root: &Path, master: &Master, now: i64) -> Result<((String, String
     }
 }
 
+/// The builds as [`builds`] finds them without asking the master (`preview`): the fresh cache
+/// as a poll would use it, a stale one saying that a poll would ask the master first.
+pub fn builds_from_cache(root: &Path, master: &Master, now: i64) -> Result<((String, String), Source), String> {
+    let cache_path = root.join(&master.cache);
+    let fresh = std::fs::metadata(&cache_path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .is_some_and(|t| now - crate::clock::epoch_of(t) < master.expire);
+    match read_cache(&cache_path) {
+        Ok(builds) if fresh => Ok((builds, Source::Cache)),
+        Ok(builds) => Ok((builds, Source::StaleCache("preview: the cache is stale, a poll would ask the master first".into()))),
+        Err(e) => Err(format!("preview: the master is not asked and there is no cache ({e})")),
+    }
+}
+
 /// The builds in the cache file, whatever its age, for what only reads (the status page's
 /// planned hops): never fetched, None without a master (`info` empty or `none`) or a readable
 /// cache.

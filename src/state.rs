@@ -119,15 +119,7 @@ impl LockedState {
         };
         let (text, damage) = read_bounded(&file)?;
         let existed = damage.is_some() || !text.trim().is_empty();
-        let (state, damage) = match damage {
-            Some(damage) => (Element::new("state"), Some(damage)),
-            None if !existed => (Element::new("state"), None),
-            None => match Element::parse_within(&text, &Limits::STATE) {
-                Ok(root) if root.name == "state" => (root, None),
-                Ok(root) => (Element::new("state"), Some(Damage::Unreadable(format!("the root element is <{}>, not <state>", root.name)))),
-                Err(e) => (Element::new("state"), Some(Damage::Unreadable(e.to_string()))),
-            },
-        };
+        let (state, damage) = interpret(&text, damage);
         if let Some(damage) = &damage {
             eprintln!("update-server: device state {} {damage}; going on with a fresh state", path.display());
         }
@@ -193,6 +185,47 @@ impl LockedState {
         self.saved = true;
         Ok(())
     }
+}
+
+/// The state a file's text holds: a fresh one for an empty file, and for a damaged one, with
+/// the damage.
+fn interpret(text: &str, damage: Option<Damage>) -> (Element, Option<Damage>) {
+    match damage {
+        Some(damage) => (Element::new("state"), Some(damage)),
+        None if text.trim().is_empty() => (Element::new("state"), None),
+        None => match Element::parse_within(text, &Limits::STATE) {
+            Ok(root) if root.name == "state" => (root, None),
+            Ok(root) => (Element::new("state"), Some(Damage::Unreadable(format!("the root element is <{}>, not <state>", root.name)))),
+            Err(e) => (Element::new("state"), Some(Damage::Unreadable(e.to_string()))),
+        },
+    }
+}
+
+/// A device's state as a request would find it, for a look that changes nothing (`preview`):
+/// no lock, no placeholder file, nothing created. Also the text on disk (empty when there is
+/// none or it is damaged).
+pub fn read_unlocked(path: &Path) -> io::Result<(Element, Option<Damage>, String)> {
+    let (text, damage) = match File::open(path) {
+        Ok(file) => read_bounded(&file)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (String::new(), None),
+        Err(e) => return Err(e),
+    };
+    let (state, damage) = interpret(&text, damage);
+    let on_disk = if damage.is_some() { String::new() } else { text };
+    Ok((state, damage, on_disk))
+}
+
+/// The lines of `new` that differ from `old`, as `- ` and `+ ` lines between the common
+/// beginning and end (state files are short and change in one place per poll; no search for
+/// the smallest difference is needed to read it).
+pub fn changed_lines(old: &str, new: &str) -> Vec<String> {
+    let old: Vec<&str> = old.lines().collect();
+    let new: Vec<&str> = new.lines().collect();
+    let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let removed = old[prefix..old.len() - suffix].iter().map(|l| format!("- {l}"));
+    let added = new[prefix..new.len() - suffix].iter().map(|l| format!("+ {l}"));
+    removed.chain(added).collect()
 }
 
 /// The file's text, read only when it is within [`Limits::STATE`]; otherwise (or when it is
@@ -421,6 +454,16 @@ pub fn cleanup_expired(status_dir: &Path, now: i64, expire_secs: i64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn changed_lines_between_the_common_ends() {
+        use super::changed_lines;
+        assert_eq!(changed_lines("a\nb\nc\n", "a\nB\nc\n"), ["- b", "+ B"]);
+        assert_eq!(changed_lines("a\nc\n", "a\nb\nc\n"), ["+ b"]);
+        assert_eq!(changed_lines("", "x\n"), ["+ x"]);
+        assert!(changed_lines("same\n", "same\n").is_empty());
+        assert_eq!(changed_lines("a\na\n", "a\n"), ["- a"]);
+    }
+
     use super::*;
 
     #[test]

@@ -100,6 +100,87 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
     apply(root, config, call, decision, locked, script)
 }
 
+/// What a poll would be answered and what it would change, found without changing anything.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub outcome: Outcome,
+    /// The state file's changed lines, the certificate files, the log line, in words.
+    pub changes: Vec<String>,
+}
+
+/// The update script for `call` as [`run`] would answer it now, with nothing written: the state
+/// is read without a lock, the master only from its cache, and what [`apply`] would do is told
+/// instead of done. A dynamic program runs as for a poll (its lines are part of the answer).
+pub fn preview(root: &Path, config: &Config, call: &Call, files: &crate::filecache::FileCache) -> Preview {
+    let mut script = Script::new();
+    script.comment(format!(
+        "update-server {} - configuration {} merged into config.xml",
+        env!("CARGO_PKG_VERSION"),
+        config.user_file
+    ));
+    let mut lookups = CacheOnly(Disk { root, call, file_cache: files });
+    let serial = call.arg("sn").unwrap_or_default();
+    let mut changes = Vec::new();
+    let mut state = Element::new("state");
+    let mut on_disk = String::new();
+    let state_name = config.status.as_ref().map(|status| format!("{}/{serial}.xml", status.dir));
+    if let (false, Some(name)) = (decide::lacks_arguments(call), &state_name) {
+        match state::read_unlocked(&root.join(name)) {
+            Ok((read, damage, text)) => {
+                if let Some(damage) = damage {
+                    script.note(format!("device state {serial}.xml {damage}; a fresh state replaces it"));
+                }
+                (state, on_disk) = (read, text);
+            }
+            Err(e) => {
+                let message = format!("cannot open device state {name}: {e}");
+                return Preview { outcome: bailout_outcome(script, &message), changes: vec![format!("server log: {message}")] };
+            }
+        }
+    }
+    let decision = decide::decide(config, call, &mut state, &mut lookups, &mut script);
+    if let Some(line) = &decision.log {
+        changes.push(format!("server log: {line}"));
+    }
+    if let Some(customcerts) = &config.customcerts {
+        let dir = customcerts.attr("dir").unwrap_or("certs");
+        for action in &decision.file_actions {
+            changes.push(match action {
+                FileAction::Remove(file) => format!("remove {dir}/{}", file.file_name(serial)),
+                FileAction::WritePemFromDer => format!(
+                    "write {dir}/{} from {dir}/{}",
+                    certs::RequestFile::Pem.file_name(serial),
+                    certs::RequestFile::Der.file_name(serial)
+                ),
+            });
+        }
+    }
+    let outcome = match decision.ending {
+        Ending::Bailout(message) => {
+            changes.push(format!("server log: {message}"));
+            changes.push("the state file stays as it is".into());
+            bailout_outcome(script, &message)
+        }
+        Ending::Untouched => {
+            changes.push("the state file stays as it is".into());
+            Outcome { status: 200, body: script.into_text() }
+        }
+        Ending::Save => {
+            if let (Some(name), Some(status)) = (&state_name, &config.status) {
+                for note in &script.notes {
+                    state::log(&mut state, call.now, note);
+                }
+                state::prune_log(&mut state, call.now, status.logkeep);
+                let lines = state::changed_lines(&on_disk, &state::render(&state));
+                changes.push(if lines.is_empty() { format!("{name}: unchanged") } else { format!("{name}:") });
+                changes.extend(lines.into_iter().map(|l| format!("  {l}")));
+            }
+            Outcome { status: 200, body: script.into_text() }
+        }
+    };
+    Preview { outcome, changes }
+}
+
 /// Carries out what the poll decided: the certificate files, the state file, the cleanup.
 fn apply(root: &Path, config: &Config, call: &Call, decision: Decision, locked: Option<LockedState>, mut script: Script) -> Outcome {
     if let Some(line) = &decision.log {
@@ -138,8 +219,12 @@ fn apply(root: &Path, config: &Config, call: &Call, decision: Decision, locked: 
 }
 
 /// `# <message> - exit`: nothing saved, the message in the server log too.
-fn bailout(mut script: Script, message: &str) -> Outcome {
+fn bailout(script: Script, message: &str) -> Outcome {
     eprintln!("update-server: {message}");
+    bailout_outcome(script, message)
+}
+
+fn bailout_outcome(mut script: Script, message: &str) -> Outcome {
     script.comment(format!("{message} - exit"));
     Outcome { status: 200, body: script.into_text() }
 }
@@ -231,6 +316,37 @@ impl Lookups for Disk<'_> {
         timeout: std::time::Duration,
     ) -> Result<crate::dynamic::Lines, String> {
         crate::dynamic::run(&self.root.join(exec), self.root, state_xml, environment, timeout)
+    }
+}
+
+/// The lookups of a preview: those of a poll, but the master is read from its cache only.
+struct CacheOnly<'a>(Disk<'a>);
+
+impl Lookups for CacheOnly<'_> {
+    fn snippet_files(&mut self, dir: &str, names: &[String]) -> Vec<SnippetFile> {
+        self.0.snippet_files(dir, names)
+    }
+
+    fn certificate_files(&mut self, customcerts: &Element, serial: &str) -> certs::ServerFiles {
+        self.0.certificate_files(customcerts, serial)
+    }
+
+    fn reverse_dns(&mut self, ip: &str) -> Option<String> {
+        self.0.reverse_dns(ip)
+    }
+
+    fn master_builds(&mut self, master: &Master) -> Result<((String, String), crate::master::Source), String> {
+        crate::master::builds_from_cache(self.0.root, master, self.0.call.now)
+    }
+
+    fn dynamic_lines(
+        &mut self,
+        exec: &str,
+        state_xml: &str,
+        environment: &[(String, String)],
+        timeout: std::time::Duration,
+    ) -> Result<crate::dynamic::Lines, String> {
+        self.0.dynamic_lines(exec, state_xml, environment, timeout)
     }
 }
 

@@ -493,6 +493,49 @@ pub fn serve(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cach
     answer
 }
 
+/// The answer [`serve`] would give now and what it would change, with nothing written (the
+/// state read without a lock).
+pub fn preview(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cache: &FileCache) -> (Answer, Vec<String>) {
+    let mut lookup =
+        |dir: &str, names: &[String]| -> Vec<SnippetFile> { crate::script::existing_snippets(cache, root, dir, names) };
+    let mut changes = Vec::new();
+    let Some(status) = &config.status else {
+        let answer = decide(config, call, device, &mut Element::new("state"), &mut lookup);
+        changes.extend(answer.log.iter().map(|line| format!("server log: {line}")));
+        return (answer, changes);
+    };
+    let name = format!("{}/{}.xml", status.dir, device.mac);
+    let (mut state, damage, on_disk) = match state::read_unlocked(&root.join(&name)) {
+        Ok(read) => read,
+        Err(e) => {
+            let answer = Answer {
+                status: 404,
+                content_type: CONTENT_TYPE_TEXT,
+                body: "# cannot open the device state\r\n".into(),
+                log: None,
+                notes: Vec::new(),
+                save: false,
+            };
+            return (answer, vec![format!("server log: SPA {}: cannot open device state {name}: {e} - 404", device.mac)]);
+        }
+    };
+    let damage = damage.map(|damage| format!("device state {}.xml {damage}; a fresh state replaces it", device.mac));
+    let answer = decide(config, call, device, &mut state, &mut lookup);
+    changes.extend(answer.log.iter().map(|line| format!("server log: {line}")));
+    if !answer.save {
+        changes.push("the state file stays as it is".into());
+        return (answer, changes);
+    }
+    for note in damage.iter().chain(&answer.notes) {
+        state::log(&mut state, call.now, note);
+    }
+    state::prune_log(&mut state, call.now, status.logkeep);
+    let lines = state::changed_lines(&on_disk, &state::render(&state));
+    changes.push(if lines.is_empty() { format!("{name}: unchanged") } else { format!("{name}:") });
+    changes.extend(lines.into_iter().map(|l| format!("  {l}")));
+    (answer, changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
