@@ -380,6 +380,15 @@ pub const MAX_LOG_ENTRIES: usize = 200;
 
 /// Drops the messages before the last request-start marker that are older than `keep_secs`,
 /// and the oldest ones beyond [`MAX_LOG_ENTRIES`].
+/// Logs each of `notes` and drops what is older than `keep_secs`: what every saved request does
+/// to the log.
+pub fn record<'a>(state: &mut Element, now: i64, notes: impl IntoIterator<Item = &'a String>, keep_secs: i64) {
+    for note in notes {
+        log(state, now, note);
+    }
+    prune_log(state, now, keep_secs);
+}
+
 pub fn prune_log(state: &mut Element, now: i64, keep_secs: i64) {
     prune_by_age(state, now, keep_secs);
     let count = state.children.iter().filter(|c| c.name == "msgs").count();

@@ -71,13 +71,8 @@ pub struct Outcome {
 
 /// Runs the update script for one device request; snippet files are read through `files`.
 pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::FileCache) -> Outcome {
-    let mut script = Script::new();
-    script.comment(format!(
-        "update-server {} - configuration {} merged into config.xml",
-        env!("CARGO_PKG_VERSION"),
-        config.user_file
-    ));
-    let mut lookups = Disk { root, call, file_cache: files };
+    let mut script = new_script(config);
+    let mut lookups = Disk { root, call, file_cache: files, master_from_cache_only: false };
     let serial = call.arg("sn").unwrap_or_default();
     // a request without the standard arguments reads and writes no state
     let mut locked = None;
@@ -100,6 +95,17 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
     apply(root, config, call, decision, locked, script)
 }
 
+/// A script that starts as every answer does: which configuration it comes from.
+fn new_script(config: &Config) -> Script {
+    let mut script = Script::new();
+    script.comment(format!(
+        "update-server {} - configuration {} merged into config.xml",
+        env!("CARGO_PKG_VERSION"),
+        config.user_file
+    ));
+    script
+}
+
 /// What a poll would be answered and what it would change, found without changing anything.
 #[derive(Debug, Clone)]
 pub struct Preview {
@@ -112,13 +118,8 @@ pub struct Preview {
 /// is read without a lock, the master only from its cache, and what [`apply`] would do is told
 /// instead of done. A dynamic program runs as for a poll (its lines are part of the answer).
 pub fn preview(root: &Path, config: &Config, call: &Call, files: &crate::filecache::FileCache) -> Preview {
-    let mut script = Script::new();
-    script.comment(format!(
-        "update-server {} - configuration {} merged into config.xml",
-        env!("CARGO_PKG_VERSION"),
-        config.user_file
-    ));
-    let mut lookups = CacheOnly(Disk { root, call, file_cache: files });
+    let mut script = new_script(config);
+    let mut lookups = Disk { root, call, file_cache: files, master_from_cache_only: true };
     let serial = call.arg("sn").unwrap_or_default();
     let mut changes = Vec::new();
     let mut state = Element::new("state");
@@ -167,10 +168,7 @@ pub fn preview(root: &Path, config: &Config, call: &Call, files: &crate::filecac
         }
         Ending::Save => {
             if let (Some(name), Some(status)) = (&state_name, &config.status) {
-                for note in &script.notes {
-                    state::log(&mut state, call.now, note);
-                }
-                state::prune_log(&mut state, call.now, status.logkeep);
+                state::record(&mut state, call.now, &script.notes, status.logkeep);
                 let lines = state::changed_lines(&on_disk, &state::render(&state));
                 changes.push(if lines.is_empty() { format!("{name}: unchanged") } else { format!("{name}:") });
                 changes.extend(lines.into_iter().map(|l| format!("  {l}")));
@@ -201,11 +199,8 @@ fn apply(root: &Path, config: &Config, call: &Call, decision: Decision, locked: 
         Ending::Save => {
             let now = call.now;
             if let Some(mut locked) = locked {
-                for note in &script.notes {
-                    state::log(&mut locked.state, now, note);
-                }
                 let logkeep = config.status.as_ref().map_or(0, |s| s.logkeep);
-                state::prune_log(&mut locked.state, now, logkeep);
+                state::record(&mut locked.state, now, &script.notes, logkeep);
                 if let Err(e) = locked.save() {
                     return bailout(script, &format!("cannot write device state: {e}"));
                 }
@@ -264,6 +259,8 @@ struct Disk<'a> {
     root: &'a Path,
     call: &'a Call,
     file_cache: &'a crate::filecache::FileCache,
+    /// A preview asks no master: its builds come from the cache, however old.
+    master_from_cache_only: bool,
 }
 
 impl Lookups for Disk<'_> {
@@ -305,7 +302,11 @@ impl Lookups for Disk<'_> {
     }
 
     fn master_builds(&mut self, master: &Master) -> Result<((String, String), crate::master::Source), String> {
-        crate::master::builds(self.root, master, self.call.now)
+        if self.master_from_cache_only {
+            crate::master::builds_from_cache(self.root, master, self.call.now)
+        } else {
+            crate::master::builds(self.root, master, self.call.now)
+        }
     }
 
     fn dynamic_lines(
@@ -316,37 +317,6 @@ impl Lookups for Disk<'_> {
         timeout: std::time::Duration,
     ) -> Result<crate::dynamic::Lines, String> {
         crate::dynamic::run(&self.root.join(exec), self.root, state_xml, environment, timeout)
-    }
-}
-
-/// The lookups of a preview: those of a poll, but the master is read from its cache only.
-struct CacheOnly<'a>(Disk<'a>);
-
-impl Lookups for CacheOnly<'_> {
-    fn snippet_files(&mut self, dir: &str, names: &[String]) -> Vec<SnippetFile> {
-        self.0.snippet_files(dir, names)
-    }
-
-    fn certificate_files(&mut self, customcerts: &Element, serial: &str) -> certs::ServerFiles {
-        self.0.certificate_files(customcerts, serial)
-    }
-
-    fn reverse_dns(&mut self, ip: &str) -> Option<String> {
-        self.0.reverse_dns(ip)
-    }
-
-    fn master_builds(&mut self, master: &Master) -> Result<((String, String), crate::master::Source), String> {
-        crate::master::builds_from_cache(self.0.root, master, self.0.call.now)
-    }
-
-    fn dynamic_lines(
-        &mut self,
-        exec: &str,
-        state_xml: &str,
-        environment: &[(String, String)],
-        timeout: std::time::Duration,
-    ) -> Result<crate::dynamic::Lines, String> {
-        self.0.dynamic_lines(exec, state_xml, environment, timeout)
     }
 }
 

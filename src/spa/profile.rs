@@ -454,14 +454,7 @@ pub fn serve(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cach
         Ok(locked) => locked,
         Err(e) => {
             eprintln!("update-server: SPA {}: cannot open device state {}/{file}: {e} - 404", device.mac, status.dir);
-            return Answer {
-                status: 404,
-                content_type: CONTENT_TYPE_TEXT,
-                body: "# cannot open the device state\r\n".into(),
-                log: None,
-                notes: Vec::new(),
-                save: false,
-            };
+            return unreadable_state();
         }
     };
     let damage = locked.damage().map(|damage| format!("device state {file} {damage}; a fresh state replaces it"));
@@ -473,10 +466,7 @@ pub fn serve(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cach
         return answer;
     }
     let now = call.now;
-    for note in damage.iter().chain(&answer.notes) {
-        state::log(&mut locked.state, now, note);
-    }
-    state::prune_log(&mut locked.state, now, status.logkeep);
+    state::record(&mut locked.state, now, damage.iter().chain(&answer.notes), status.logkeep);
     if let Err(e) = locked.save() {
         eprintln!("update-server: SPA {}: cannot write device state: {e} - 404", device.mac);
         answer = Answer {
@@ -491,6 +481,19 @@ pub fn serve(root: &Path, config: &Config, call: &Call, device: &SpaDevice, cach
     }
     state::cleanup_expired(&root.join(&status.dir), now, status.expire);
     answer
+}
+
+/// A 404 for a state file that cannot be opened: nothing is sent rather than a profile the
+/// server could not record.
+fn unreadable_state() -> Answer {
+    Answer {
+        status: 404,
+        content_type: CONTENT_TYPE_TEXT,
+        body: "# cannot open the device state\r\n".into(),
+        log: None,
+        notes: Vec::new(),
+        save: false,
+    }
 }
 
 /// The answer [`serve`] would give now and what it would change, with nothing written (the
@@ -508,15 +511,7 @@ pub fn preview(root: &Path, config: &Config, call: &Call, device: &SpaDevice, ca
     let (mut state, damage, on_disk) = match state::read_unlocked(&root.join(&name)) {
         Ok(read) => read,
         Err(e) => {
-            let answer = Answer {
-                status: 404,
-                content_type: CONTENT_TYPE_TEXT,
-                body: "# cannot open the device state\r\n".into(),
-                log: None,
-                notes: Vec::new(),
-                save: false,
-            };
-            return (answer, vec![format!("server log: SPA {}: cannot open device state {name}: {e} - 404", device.mac)]);
+            return (unreadable_state(), vec![format!("server log: SPA {}: cannot open device state {name}: {e} - 404", device.mac)]);
         }
     };
     let damage = damage.map(|damage| format!("device state {}.xml {damage}; a fresh state replaces it", device.mac));
@@ -526,10 +521,7 @@ pub fn preview(root: &Path, config: &Config, call: &Call, device: &SpaDevice, ca
         changes.push("the state file stays as it is".into());
         return (answer, changes);
     }
-    for note in damage.iter().chain(&answer.notes) {
-        state::log(&mut state, call.now, note);
-    }
-    state::prune_log(&mut state, call.now, status.logkeep);
+    state::record(&mut state, call.now, damage.iter().chain(&answer.notes), status.logkeep);
     let lines = state::changed_lines(&on_disk, &state::render(&state));
     changes.push(if lines.is_empty() { format!("{name}: unchanged") } else { format!("{name}:") });
     changes.extend(lines.into_iter().map(|l| format!("  {l}")));
