@@ -14,6 +14,7 @@ usage:
                                          the answer a device would get now (standard output,
                                          byte for byte) and what its poll would change
                                          (standard error); nothing is written
+  update-server check [--root DIR]       validate the configuration and snippets (exit 1 on errors)
 ", "options:
   --root DIR      install directory (the one holding config.xml); default: UPDATE_SERVER_ROOT,
                   else the directory of SCRIPT_FILENAME, else the current directory
@@ -27,6 +28,7 @@ pub enum Command {
     Serve(String),
     /// `preview`: a device's answer and changes, nothing written.
     Preview(crate::preview::PreviewArgs),
+    Check,
     Help,
 }
 
@@ -75,7 +77,7 @@ impl Options {
                         .ok_or("--workers takes a number from 1 to 256")?
                 }
                 "-h" | "--help" | "help" => subcommand = Some("help"),
-                "serve" | "fastcgi" if subcommand.is_none() => subcommand = Some(arg),
+                "serve" | "fastcgi" | "check" if subcommand.is_none() => subcommand = Some(arg),
                 // the rest of the line describes the device
                 "preview" if subcommand.is_none() => {
                     let (preview, preview_root) = crate::preview::PreviewArgs::parse(&args[i + 1..])?;
@@ -87,6 +89,7 @@ impl Options {
         }
         let command = match subcommand {
             Some("help") => Command::Help,
+            Some("check") => Command::Check,
             Some("serve") => Command::Serve(listen.unwrap_or_else(|| "127.0.0.1:8080".into())),
             Some("fastcgi") => match listen {
                 Some(address) => Command::FastCgiListen(address),

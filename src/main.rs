@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             http::serve::run(&address, root, app as Arc<dyn Handler>)
         }
         Command::Preview(preview) => return run_preview(&app, &preview),
+        Command::Check => return ExitCode::from(update_server::check::run(&app.default_root(), options.root.is_some())),
         Command::Help => {
             println!("{}", update_server::cli::USAGE);
             Ok(())
