@@ -21,6 +21,13 @@ impl App {
         App { root_override, configs: ConfigCache::default(), snippets: Default::default() }
     }
 
+    /// Logs the findings of `update-server check` once whenever a configuration is (re)read
+    /// (the long-running modes).
+    pub fn logging_configuration_findings(mut self) -> App {
+        self.configs = self.configs.logging_findings();
+        self
+    }
+
     /// The root used when a request does not name one (the `serve` mode's tree).
     pub fn default_root(&self) -> PathBuf {
         self.root_override

@@ -14,7 +14,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let app = Arc::new(App::new(options.root.clone()));
+    let app = App::new(options.root.clone());
+    // the long-running modes log what `check` finds once per configuration change; a CGI
+    // process lives for one request and would log it on every poll
+    let app = Arc::new(if options.command == Command::Cgi { app } else { app.logging_configuration_findings() });
     let result = match options.command {
         Command::Cgi => http::cgi::run(app.as_ref()),
         Command::FastCgiInherited => http::fastcgi::serve_inherited(app as Arc<dyn Handler>, options.workers),

@@ -1,15 +1,17 @@
 //! `update-server check` through the binary: the shipped tree is clean, the three typos
 //! are errors at their `file:line:column`, every refusal of the server is an error at its
 //! place, the cross references and snippet names, and on every conformance case tree errors
-//! exactly where the server (and the PHP server before it) refuses the configuration.
+//! exactly where the server (and the PHP server before it) refuses the configuration. The
+//! long-running server logs the findings once per configuration change.
 
 mod support;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-use support::{binary, copy_install_tree, repo_root, run_with_timeout, write_old_file};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{binary, copy_install_tree, free_port, http_get, repo_root, run_with_timeout, write_old_file, DEVICE_QUERY};
 
 struct Run {
     code: i32,
@@ -309,4 +311,57 @@ fn errors_on_the_conformance_trees_exactly_where_the_server_refuses() {
             assert!(refused.contains(&name.to_string()), "{name}: {refused:?}");
         }
     }
+}
+
+// ---- the running server --------------------------------------------------------------------
+
+/// `serve` logs the findings when it reads a configuration, once, and again after a change.
+#[test]
+fn the_running_server_logs_the_findings_once_per_change() {
+    let dir = tree(&format!("{HEAD}    <status dir=\"status\"/>\n    <statuss dir=\"status\"/>\n</config>\n"));
+    let root = dir.path();
+    write_old_file(root, "scripts/update-all-default.txt", "# snippet\n");
+    let log = root.join("serve.log");
+    let port = free_port();
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--root"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting update-server serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited at start");
+        assert!(Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let poll = || {
+        let answer = http_get(port, &format!("/update.php?{DEVICE_QUERY}"), &format!("127.0.0.1:{port}"));
+        assert_eq!(answer.status, 200);
+    };
+    let logged = |what: &str| {
+        let mut text = String::new();
+        fs::File::open(&log).unwrap().read_to_string(&mut text).unwrap();
+        text.lines().filter(|l| l.contains(what)).count()
+    };
+    for _ in 0..3 {
+        poll();
+    }
+    assert_eq!(logged("user-config.xml:5:5: error: unknown element <statuss>"), 1);
+    // a change of the file (the cache looks again after a second)
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut file = fs::OpenOptions::new().write(true).truncate(true).open(root.join("config/user-config.xml")).unwrap();
+    file.write_all(format!("{HEAD}    <status dir=\"status\"/>\n    <times grace=\"soon\"/>\n</config>\n").as_bytes()).unwrap();
+    drop(file);
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..3 {
+        poll();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(logged("unknown element <statuss>"), 1);
+    assert_eq!(logged("times/@grace: 'soon' is not a number"), 1);
+    assert!(logged("update-server: configuration: ") == 2, "every finding once");
 }
