@@ -506,6 +506,26 @@ fn show_page_hides_the_password_and_escapes_files() {
 }
 
 #[test]
+fn show_page_lists_what_check_finds() {
+    let admin = Admin::new();
+    let (cookie, _) = admin.login();
+    let page = admin.get("mode=show", &[HTTPS, ("HTTP_COOKIE", &cookie)]);
+    assert!(page.body.contains("update-server check finds nothing to report."), "{}", page.body);
+    let user = admin_user_config("admin", ADMIN_PASSWORD).replace("<backup dir=\"backup\"/>", "<backup dir=\"backup\" nbackups=\"ten\"/>\n  <statuss/>");
+    write_old_file(&admin.root, "config/user-config.xml", &user);
+    write_old_file(&admin.root, "scripts/update-phnoe-default.txt", "# a typo in the class\n");
+    let page = admin.get("mode=show", &[HTTPS, ("HTTP_COOKIE", &cookie)]);
+    assert_eq!(page.status, 200);
+    for line in [
+        "<li class=\"error\">config/user-config.xml:5:34: error: backup/@nbackups: &#39;ten&#39; is not a number (the server reads 0)</li>",
+        "<li class=\"error\">config/user-config.xml:6:3: error: unknown element &#60;statuss&#62; (did you mean &#60;status&#62;?): the server ignores it</li>",
+        "<li class=\"warning\">scripts/update-phnoe-default.txt:1:1: warning: &#39;phnoe&#39; is no class and no model of the configuration: no device is given this file</li>",
+    ] {
+        assert!(page.body.contains(line), "{line} missing in {}", page.body);
+    }
+}
+
+#[test]
 fn info_page_builds_the_setup_links() {
     let admin = Admin::new();
     let (cookie, _) = admin.login();

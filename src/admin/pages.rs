@@ -40,7 +40,8 @@ pub fn show<'a>(root: &Path, config: &Config, page: &'a Page, now: i64) -> ShowP
             },
         },
     };
-    ShowPage { page, config: config_block, master: master_block, snippets: snippets(root, config, now) }
+    let findings = crate::check::check(root).iter().map(|f| (f.severity.to_string(), f.to_string())).collect();
+    ShowPage { page, config: config_block, master: master_block, snippets: snippets(root, config, now), findings }
 }
 
 /// `http://user:secret@host/…` → `http://user:****@host/…`.

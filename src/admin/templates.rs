@@ -82,6 +82,8 @@ pub struct ShowPage<'a> {
     pub config: TextBlock,
     pub master: TextBlock,
     pub snippets: Vec<TextBlock>,
+    /// What `update-server check` finds: (`error` or `warning`, the finding's line).
+    pub findings: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
