@@ -103,14 +103,20 @@ pub fn ca_names(customcerts: &Element) -> Vec<String> {
         .collect()
 }
 
-/// Checks that the client certificate names the device of both `sn` and `hwid` and was issued
-/// by a configured CA. The error says which check failed.
-pub fn check_identity(tls: &TlsIdentity, serial: &str, hwid: &str, config: &Config) -> Result<(), String> {
+/// `customcerts` and the CA names of its `CAname`: forcetrust trusts nobody without them.
+fn trusted_cas(config: &Config) -> Result<(&Element, Vec<String>), String> {
     let customcerts = config.customcerts.as_ref().ok_or("customcerts/@CAname must be defined")?;
     let names = ca_names(customcerts);
     if names.is_empty() {
         return Err("customcerts/@CAname must be defined".into());
     }
+    Ok((customcerts, names))
+}
+
+/// Checks that the client certificate names the device of both `sn` and `hwid` and was issued
+/// by a configured CA. The error says which check failed.
+pub fn check_identity(tls: &TlsIdentity, serial: &str, hwid: &str, config: &Config) -> Result<(), String> {
+    let (customcerts, names) = trusted_cas(config)?;
     let cn = tls.common_name.as_deref().ok_or("no client certificate (SSL_CLIENT_S_DN_CN missing)")?;
     let cn = repaired_common_name(cn);
     let wildcard = customcerts.attr("CAwildcard").filter(|w| !w.is_empty());
@@ -131,11 +137,7 @@ pub fn check_identity(tls: &TlsIdentity, serial: &str, hwid: &str, config: &Conf
 /// `S=ciscogeneric`, names no device unless `customcerts/@CAwildcard` says so) and was issued
 /// by a configured CA.
 pub fn check_spa_identity(tls: &TlsIdentity, mac: &str, serial: &str, config: &Config) -> Result<(), String> {
-    let customcerts = config.customcerts.as_ref().ok_or("customcerts/@CAname must be defined")?;
-    let names = ca_names(customcerts);
-    if names.is_empty() {
-        return Err("customcerts/@CAname must be defined".into());
-    }
+    let (customcerts, names) = trusted_cas(config)?;
     let (state, locality) = (tls.subject_state.as_deref(), tls.subject_locality.as_deref());
     if state.is_none() && locality.is_none() {
         return Err("no client certificate naming an SPA device (no S= or L= in its subject)".into());

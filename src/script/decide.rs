@@ -215,15 +215,7 @@ impl Poll<'_> {
 
         // step 8: snippet files
         let dir = &config.times.dir;
-        let names = snippets::candidate_names(
-            &phase.files_of,
-            config.phases.len() > 1,
-            &classes,
-            config.classes.len() > 1,
-            serial,
-            &environments,
-            config.environments.len() > 1,
-        );
+        let names = snippets::configured_candidates(config, "txt", &phase.files_of, &classes, serial, &environments);
         let files = self.lookups.snippet_files(dir, &names);
         self.script.comment(format!("existing files (from {dir}):"));
         for file in &files {

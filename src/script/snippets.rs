@@ -3,37 +3,37 @@
 
 use md5::{Digest, Md5};
 
+/// The candidate snippet files of a device under this configuration: [`candidate_names`] with
+/// `all` a candidate wherever more than one phase, class or environment is configured. `txt` for
+/// innovaphone devices, `xml` for the SPA profile snippets (issue 9), in the same order.
+pub fn configured_candidates(
+    config: &crate::config::Config,
+    extension: &str,
+    phase_files: &str,
+    classes: &[String],
+    serial: &str,
+    environments: &[String],
+) -> Vec<String> {
+    candidate_names(
+        extension,
+        phase_files,
+        config.phases.len() > 1,
+        classes,
+        config.classes.len() > 1,
+        serial,
+        environments,
+        config.environments.len() > 1,
+    )
+}
+
 /// The candidate file names (without folder) in delivery order: phase (outer), class,
-/// environment (inner), every part lower-cased.
+/// environment (inner), every part lower-cased, each with `extension`.
 ///
 /// `all` is a candidate phase / class / environment only when more than one phase / class /
 /// environment is configured; the serial (lower-cased, `-` → `_`) comes before the device's
 /// environments.
-pub fn candidate_names(
-    phase_files: &str,
-    several_phases: bool,
-    classes: &[String],
-    several_classes: bool,
-    serial: &str,
-    environments: &[String],
-    several_environments: bool,
-) -> Vec<String> {
-    candidate_names_with(
-        "txt",
-        phase_files,
-        several_phases,
-        classes,
-        several_classes,
-        serial,
-        environments,
-        several_environments,
-    )
-}
-
-/// [`candidate_names`] with another file name extension (`xml`: the SPA profile snippets,
-/// issue 9), in the same order.
 #[allow(clippy::too_many_arguments)]
-pub fn candidate_names_with(
+pub fn candidate_names(
     extension: &str,
     phase_files: &str,
     several_phases: bool,
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn single_phase_single_environment() {
-        let names = candidate_names("update", false, &s(&["phone", "ip232"]), true, "00-90-33-3E-0c-57", &s(&["default"]), false);
+        let names = candidate_names("txt", "update", false, &s(&["phone", "ip232"]), true, "00-90-33-3E-0c-57", &s(&["default"]), false);
         assert_eq!(
             names,
             [
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn wildcards_come_first_in_each_slot() {
-        let names = candidate_names("Update", true, &s(&["Lobby"]), false, "0090333e0c57", &s(&["berlin"]), true);
+        let names = candidate_names("txt", "Update", true, &s(&["Lobby"]), false, "0090333e0c57", &s(&["berlin"]), true);
         assert_eq!(&names[..3], ["all-lobby-all.txt", "all-lobby-0090333e0c57.txt", "all-lobby-berlin.txt"]);
         assert_eq!(names[3], "update-lobby-all.txt");
     }

@@ -305,16 +305,7 @@ pub fn decide(
 
     // the snippets, with the grace rule of the innovaphone ones
     let dir = &config.times.dir;
-    let names = snippets::candidate_names_with(
-        "xml",
-        &phase.files_of,
-        config.phases.len() > 1,
-        &classes,
-        config.classes.len() > 1,
-        &device.mac,
-        &environments,
-        config.environments.len() > 1,
-    );
+    let names = snippets::configured_candidates(config, "xml", &phase.files_of, &classes, &device.mac, &environments);
     let files = snippet_files(dir, &names);
     let mut notes = Vec::new();
     if let Some(newest) = files.iter().max_by_key(|f| f.mtime) {
