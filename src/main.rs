@@ -22,9 +22,9 @@ fn main() -> ExitCode {
         Command::Cgi => http::cgi::run(app.as_ref()),
         Command::FastCgiInherited => http::fastcgi::serve_inherited(app as Arc<dyn Handler>, options.workers),
         Command::FastCgiListen(address) => http::fastcgi::serve_listen(&address, app as Arc<dyn Handler>, options.workers),
-        Command::Serve(address) => {
+        Command::Serve(listens) => {
             let root = app.default_root();
-            http::serve::run(&address, root, app as Arc<dyn Handler>)
+            http::serve::run_listeners(&listens, root, app as Arc<dyn Handler>, options.workers)
         }
         Command::Preview(preview) => return run_preview(&app, &preview),
         Command::Check => return ExitCode::from(update_server::check::run(&app.default_root(), options.root.is_some())),

@@ -284,7 +284,9 @@ fn serve_answers_a_poll_promptly_beside_hundreds_of_slow_and_idle_connections() 
         assert_prompt_poll(&format!("poll {round} beside {HOSTILE} slow connections"), poll_serve(port), &server.log());
         std::thread::sleep(Duration::from_millis(700));
     }
-    assert!(server.threads() > HOSTILE / 2, "each open connection has a thread");
+    // hyper on tokio: open connections cost no thread (a few runtime threads and the blocking
+    // pool of the workers, which the polls use)
+    assert!(server.threads() <= 24, "{} threads for {HOSTILE} open connections", server.threads());
     drop(hostile);
     // the 8 warm ones, the main thread, and a few finishing
     server.assert_threads_fall_to(16);

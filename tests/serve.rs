@@ -285,6 +285,49 @@ fn firmware_is_served_from_fw() {
 }
 
 #[test]
+fn a_firmware_download_resumes_with_a_range() {
+    let site = start();
+    let mut client = Client::connect(site.port);
+    let ranged = |client: &mut Client, range: &str| {
+        client.send(format!("GET /fw/130178/ip232.bin?SW=1 HTTP/1.1\r\nHost: h\r\nRange: {range}\r\n\r\n").as_bytes());
+        client.read(false)
+    };
+    let part = ranged(&mut client, "bytes=100-199");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, firmware()[100..200]);
+    assert_eq!(part.header("Content-Range"), Some("bytes 100-199/70000"));
+    assert_eq!(part.header("Content-Length"), Some("100"));
+    let rest = ranged(&mut client, "bytes=69000-");
+    assert_eq!((rest.status, rest.body.len()), (206, 1000));
+    assert_eq!(rest.body, firmware()[69_000..]);
+    let beyond = ranged(&mut client, "bytes=70000-");
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("Content-Range"), Some("bytes */70000"));
+    // several ranges are not worth it: the whole file
+    let whole = ranged(&mut client, "bytes=0-1,5-6");
+    assert_eq!((whole.status, whole.body.len()), (200, 70_000));
+    assert_eq!(whole.header("Accept-Ranges"), Some("bytes"));
+}
+
+#[test]
+fn http_1_0_is_answered_with_a_length_and_kept_alive_only_when_asked() {
+    let site = start();
+    let mut client = Client::connect(site.port);
+    client.send(b"GET /update.php?n=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let first = client.read(false);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("Content-Length"), Some(first.body.len().to_string().as_str()));
+    assert_eq!(first.header("Connection"), Some("keep-alive"));
+    assert_eq!(first.vars()["SERVER_PROTOCOL"], "HTTP/1.0");
+    client.send(b"GET /fw/130178/ip232.bin HTTP/1.0\r\n\r\n");
+    let second = client.read(false);
+    assert_eq!((second.status, second.header("Content-Length")), (200, Some("70000")));
+    assert_eq!(second.body, firmware());
+    assert_eq!(second.header("Transfer-Encoding"), None);
+    assert!(client.closed(), "HTTP/1.0 without keep-alive ends the connection");
+}
+
+#[test]
 fn paths_out_of_fw_are_refused() {
     let site = start();
     let mut client = Client::connect(site.port);
@@ -342,11 +385,36 @@ fn an_oversized_header_block_gets_431() {
 }
 
 #[test]
-fn bodies_without_length_or_too_large_are_refused() {
+fn a_chunked_body_arrives_like_one_with_a_length() {
     let site = start();
-    let mut chunked = Client::connect(site.port);
-    chunked.send(b"PUT /update.php HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
-    assert_eq!(chunked.read(false).status, 411);
+    let mut client = Client::connect(site.port);
+    client.send(b"PUT /update.php?mode=backup HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n");
+    let reply = client.read(false);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echoed_body(), b"hello, world");
+    assert_eq!(reply.vars()["CONTENT_LENGTH"], "12");
+    assert_eq!(reply.header("Transfer-Encoding"), None, "answers are never chunked");
+    // the connection is still in step
+    assert_eq!(client.get("/update.php?after=chunked").vars()["QUERY_STRING"], "after=chunked");
+    // a chunked body over the limit of what the request takes (64 KiB where no script reads
+    // it) is refused
+    let mut over = Client::connect(site.port);
+    over.send(b"PUT /fw/130178/ip232.bin HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let chunk = vec![b'x'; 0x4000];
+    for _ in 0..5 {
+        over.send(format!("{:x}\r\n", chunk.len()).as_bytes());
+        over.send(&chunk);
+        over.send(b"\r\n");
+    }
+    let reply = over.read(false);
+    assert_eq!(reply.status, 413);
+    assert!(reply.text().starts_with("# request body too large"), "{}", reply.text());
+    assert_eq!(reply.header("Connection"), Some("close"));
+}
+
+#[test]
+fn bodies_too_large_or_malformed_are_refused() {
+    let site = start();
     let mut huge = Client::connect(site.port);
     huge.send(b"PUT /update.php HTTP/1.1\r\nHost: h\r\nContent-Length: 999999999999\r\n\r\nstart of a body");
     let reply = huge.read(false);

@@ -436,7 +436,7 @@ fn take<D: Door>(acceptors: &Acceptors<D>, connection: D::Connection) {
 
 /// Counts turned-away connections and logs them at most every ten seconds, so a flood does
 /// not flood the log too.
-struct TurnedAway {
+pub(crate) struct TurnedAway {
     since_report: AtomicUsize,
     last_report: Mutex<Option<Instant>>,
 }
@@ -444,14 +444,14 @@ struct TurnedAway {
 impl TurnedAway {
     const INTERVAL: Duration = Duration::from_secs(10);
 
-    fn new() -> TurnedAway {
+    pub(crate) fn new() -> TurnedAway {
         TurnedAway {
             since_report: AtomicUsize::new(0),
             last_report: Mutex::new(None),
         }
     }
 
-    fn count(&self, door: &str, cap: usize) {
+    pub(crate) fn count(&self, door: &str, cap: usize) {
         self.since_report.fetch_add(1, Ordering::SeqCst);
         let mut last = lock(&self.last_report);
         if last.is_some_and(|at| at.elapsed() < Self::INTERVAL) {
@@ -466,7 +466,8 @@ impl TurnedAway {
     }
 }
 
-fn is_out_of_descriptors(error: &io::Error) -> bool {
+/// Whether accept failed for want of a descriptor (a slow connection can make room).
+pub fn is_out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
@@ -474,19 +475,25 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
 /// listening socket itself is unusable end the loop; running out of descriptors or memory
 /// is waited out (never retried at once: the error would repeat in a busy loop).
 pub fn survive_accept_error(error: &io::Error, door: &str) -> io::Result<()> {
+    if let Some(wait) = accept_failure(error, door)? {
+        std::thread::sleep(wait);
+    }
+    Ok(())
+}
+
+/// [`survive_accept_error`] without the waiting, for an accept loop that waits its own way:
+/// `Err` if the listening socket is unusable, else how long to wait before accepting again.
+pub fn accept_failure(error: &io::Error, door: &str) -> io::Result<Option<Duration>> {
     if error.kind() == io::ErrorKind::Interrupted {
-        return Ok(());
+        return Ok(None);
     }
     super::fastcgi::log(door, &format!("accept failed: {error}"));
     match error.raw_os_error() {
         Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP) => Err(
             io::Error::new(error.kind(), format!("listening socket unusable: {error}")),
         ),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            std::thread::sleep(Duration::from_millis(100));
-            Ok(())
-        }
-        _ => Ok(()),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Ok(Some(Duration::from_millis(100))),
+        _ => Ok(None),
     }
 }
 

@@ -836,6 +836,12 @@ pub(crate) fn call_handler(
     door: &str,
 ) -> Response {
     let _permit = gate.enter();
+    run_handler(handler, request, door)
+}
+
+/// Calls the application; a panic becomes a 500 answer so the thread and the connection
+/// survive it.
+pub(crate) fn run_handler(handler: &dyn Handler, request: Request, door: &str) -> Response {
     match panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
         Ok(response) => response,
         Err(payload) => {
