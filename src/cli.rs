@@ -19,8 +19,21 @@ usage:
   --root DIR      install directory (the one holding config.xml); default: UPDATE_SERVER_ROOT,
                   else the directory of SCRIPT_FILENAME, else the current directory
   --workers N     FastCGI / serve requests computed at once (default 8)
-serve listeners:
-  --listen HOST:PORT            plain HTTP (also written http://HOST:PORT); as many as wanted");
+serve listeners (as many as wanted; each says whether it speaks TLS):
+  --listen HOST:PORT            plain HTTP (also written http://HOST:PORT)
+  --listen-tls HOST:PORT        HTTPS (also written --listen https://HOST:PORT), with:
+    --tls-cert FILE             the server's certificate chain (PEM), leaf first
+    --tls-key FILE              its private key (PEM: PKCS#8, PKCS#1 or SEC1)
+    --client-ca FILE            MTLS: client certificates must chain to a CA of this PEM file;
+                                they reach the application as SSL_CLIENT_* (forcetrust)
+    --client-cert required|optional
+                                without a certificate the handshake fails (required, the
+                                default with --client-ca) or the request has
+                                SSL_CLIENT_VERIFY=NONE (optional)
+  TLS options after a TLS listener are its own; given before the first listener they apply to
+  every TLS listener. TLS 1.2 and 1.3 only. Example, plain HTTP to move devices and MTLS:
+    update-server serve --listen 0.0.0.0:80 \\
+      --listen-tls 0.0.0.0:444 --tls-cert server.pem --tls-key server.key --client-ca device-ca.pem");
 
 /// One listening address of `serve` and how it speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]

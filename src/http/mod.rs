@@ -7,6 +7,8 @@ pub mod cgi;
 pub mod connections;
 pub mod fastcgi;
 pub mod serve;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::collections::HashMap;
 

@@ -1,8 +1,9 @@
 //! The built-in HTTP listener (`update-server serve`): the three PHP entry points go to the
 //! application as CGI requests, `fw/`, `www/` and `web/` are served as static files, the rest is 404.
 //!
-//! HTTP/1.0 and 1.1 are spoken by hyper on a small tokio runtime, on as many listeners as
-//! `--listen` names. The application stays synchronous: it runs on tokio's blocking pool, at most
+//! HTTP/1.0 and 1.1 are spoken by hyper on a small tokio runtime; plain HTTP and, with the `tls`
+//! feature, HTTPS and MTLS by rustls (`src/http/tls.rs`), on as many listeners as `--listen`
+//! names. The application stays synchronous: it runs on tokio's blocking pool, at most
 //! `workers` requests at once (a semaphore), so slow or idle connections cost a few hundred
 //! bytes each and never a thread.
 //!
@@ -502,12 +503,22 @@ fn http_builder() -> http1::Builder {
     builder
 }
 
-/// The TLS side of a listener (none yet: plain HTTP only).
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+
+/// Without the `tls` feature no TLS listener exists.
+#[cfg(not(feature = "tls"))]
 #[derive(Clone)]
 enum Acceptor {}
 
+#[cfg(feature = "tls")]
+fn tls_acceptor(settings: &TlsSettings) -> io::Result<Acceptor> {
+    super::tls::acceptor(settings)
+}
+
+#[cfg(not(feature = "tls"))]
 fn tls_acceptor(_settings: &TlsSettings) -> io::Result<Acceptor> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "serve speaks plain HTTP only so far"))
+    Err(io::Error::new(io::ErrorKind::Unsupported, "this build has no TLS (built without the `tls` feature)"))
 }
 
 struct Site {
@@ -582,6 +593,22 @@ async fn connection(site: Arc<Site>, stream: TcpStream, remote: SocketAddr, acce
     };
     match acceptor {
         None => serve_http(site, stream, Arc::new(Peer { remote, local, tls: None }), tracker).await,
+        #[cfg(feature = "tls")]
+        Some(acceptor) => {
+            // the handshake is part of the first request's head and has its time
+            let handshake = tokio::time::timeout(HEAD_TIME, acceptor.accept(stream));
+            let stream = tokio::select! {
+                shaken = handshake => match shaken {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return log(DOOR, &format!("{remote}: TLS handshake failed: {error}")),
+                    Err(_) => return log(DOOR, &format!("{remote}: TLS handshake not complete within the time allowed")),
+                },
+                () = tracker.closer.notify.notified() => return,
+            };
+            let tls = super::tls::connection_vars(stream.get_ref().1);
+            serve_http(site, stream, Arc::new(Peer { remote, local, tls: Some(tls) }), tracker).await
+        }
+        #[cfg(not(feature = "tls"))]
         Some(never) => match never {},
     }
 }
