@@ -9,12 +9,16 @@ One lighttpd (127.0.0.1 only, free port, everything in a temporary directory) se
   c) /update/update.php update-server spawned with bin-path, max-procs 2, on a provisioned
                         install root with N devices (default 1,000)
 
+and then, with lighttpd stopped, on the same root and the same polls:
+
+  d) update-server serve (the built-in server, hyper on tokio; no lighttpd in front)
+
 Every device is primed first (a delivering poll, then a poll with the CHECK value the first
 answer set), so state files exist and every measured poll is a steady one: matching CHECK,
 nothing but comments in the answer. wrk (bench/rotate.lua) then rotates over all devices,
 each with its own CHECK value, for the same time and concurrency against a, b and c.
 
-Reported: requests/s of each, the ratios c/b and c/a, latency percentiles, CPU time per
+Reported: requests/s of each, the ratios c/b, c/a and d/a, latency percentiles, CPU time per
 request of the backend processes and of lighttpd (utime+stime from /proc/<pid>/stat), and the
 backends' peak RSS (VmHWM). Results go to bench/results/ (git-ignored) as .md and .json.
 
@@ -347,6 +351,59 @@ def measure(args, server, port, name, paths, exe):
     return result
 
 
+def measure_serve(args, tmp, root, server_bin, paths):
+    """d) `update-server serve` on its own port, the same steady polls."""
+    port = free_port()
+    out = open(os.path.join(tmp, "serve.log"), "w")
+    proc = subprocess.Popen([server_bin, "serve", "--listen", "127.0.0.1:%d" % port, "--root", root],
+                            stdout=out, stderr=out)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    return {"name": "serve", "failed": "serve did not listen (see %s)" % out.name}
+                time.sleep(0.05)
+        paths_file = os.path.join(tmp, "paths-serve.txt")
+        with open(paths_file, "w") as f:
+            f.write("\n".join(paths) + "\n")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        status, body = get(conn, paths[0])
+        conn.close()
+        if status != 200 or commands(body):
+            return {"name": "serve", "failed": "probe answered %d, not a steady poll" % status}
+        before = cpu_ticks(proc.pid)
+        result = run_wrk(args, port, paths_file)
+        used = (cpu_ticks(proc.pid) - before) / CLK_TCK
+        threads = 0
+        with open("/proc/%d/status" % proc.pid) as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+        result.update({
+            "name": "serve",
+            "answer_bytes": len(body.encode()),
+            "backend_pids": [proc.pid],
+            "backend_cpu_us_per_req": used / max(result["requests"], 1) * 1e6,
+            "lighttpd_cpu_us_per_req": None,
+            "backend_peak_rss_kib": [peak_rss_kib(proc.pid)],
+            "backend_threads": threads,
+        })
+        log("   %-8s %10.0f req/s  (%d requests, %d errors, %d non-2xx, %d threads)"
+            % ("serve", result["rps"], result["requests"], result["errors"], result["non_2xx"], threads))
+        return result
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+
+
 def fmt(value, pattern):
     return "-" if value is None else pattern % value
 
@@ -357,6 +414,7 @@ def summary(args, results, body_bytes):
         ("a", "static", "static file, %d B" % body_bytes),
         ("b", "noop", "no-op FastCGI (examples/noop_fastcgi)"),
         ("c", "update", "update-server steady poll"),
+        ("d", "serve", "update-server serve steady poll (no lighttpd)"),
     ]
     lines = [
         "| | target | req/s | p50 ms | p99 ms | errors | backend CPU µs/req | lighttpd CPU µs/req | backend peak RSS |",
@@ -368,16 +426,18 @@ def summary(args, results, body_bytes):
             lines.append("| %s | %s | %s | | | | | | |" % (key, label, "failed: " + r["failed"] if r else "not measured"))
             continue
         rss = ", ".join("%.1f MiB" % (k / 1024) for k in r["backend_peak_rss_kib"]) or "-"
-        lines.append("| %s | %s | %.0f | %.2f | %.2f | %d | %s | %.1f | %s |" % (
+        lines.append("| %s | %s | %.0f | %.2f | %.2f | %d | %s | %s | %s |" % (
             key, label, r["rps"], r["latency_p50_us"] / 1000, r["latency_p99_us"] / 1000,
             r["errors"] + r["non_2xx"], fmt(r["backend_cpu_us_per_req"], "%.1f"),
-            r["lighttpd_cpu_us_per_req"], rss))
+            fmt(r["lighttpd_cpu_us_per_req"], "%.1f"), rss))
     ok = lambda n: n in by and "failed" not in by[n]
     ratios = []
     if ok("update") and ok("noop"):
         ratios.append("c/b = %.2f" % (by["update"]["rps"] / by["noop"]["rps"]))
     if ok("update") and ok("static"):
         ratios.append("c/a = %.2f" % (by["update"]["rps"] / by["static"]["rps"]))
+    if ok("serve") and ok("static"):
+        ratios.append("d/a = %.2f" % (by["serve"]["rps"] / by["static"]["rps"]))
     head = ("wrk -t%d -c%d, %d s per target (+%d s warm-up), %d devices rotating, %d cores, %s"
             % (args.threads, args.connections, args.duration, args.warmup, args.devices,
                os.cpu_count(), lighttpd_version()))
@@ -398,9 +458,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured wrk before each run")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
-    ap.add_argument("--targets", default="static,noop,update",
-                    help="comma-separated subset of static,noop,update (without update: no priming,"
-                         " answers of --body-bytes)")
+    ap.add_argument("--targets", default="static,noop,update,serve",
+                    help="comma-separated subset of static,noop,update,serve (without update and serve:"
+                         " no priming, answers of --body-bytes)")
     ap.add_argument("--body-bytes", type=int, default=1945,
                     help="answer size for static and noop when update is not measured")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
@@ -412,8 +472,8 @@ def main():
     if not 1 <= args.devices <= 65536:
         die("--devices must be 1..65536")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets or set(targets) - {"static", "noop", "update"}:
-        die("--targets takes a comma-separated subset of static,noop,update")
+    if not targets or set(targets) - {"static", "noop", "update", "serve"}:
+        die("--targets takes a comma-separated subset of static,noop,update,serve")
 
     server_bin, noop_bin = build(args)
     tmp = tempfile.mkdtemp(prefix="update-server-bench-")
@@ -425,7 +485,7 @@ def main():
         os.makedirs(os.path.join(tmp, "htdocs", "static"))
         port = free_port()
 
-        if "update" in targets:
+        if "update" in targets or "serve" in targets:
             log("== priming %d devices through lighttpd + update-server" % args.devices)
             server = Lighttpd(lighttpd_conf(tmp, port, root, server_bin, noop_bin, 0, False), port, tmp)
             update_paths, body_bytes = prime(port, args.devices)
@@ -447,6 +507,8 @@ def main():
         results = [measure(args, server, port, name, plan[name][0], plan[name][1])
                    for name in ("static", "noop", "update") if name in targets]
         server.stop()
+        if "serve" in targets:
+            results.append(measure_serve(args, tmp, root, server_bin, update_paths))
 
         head, table, ratios = summary(args, results, body_bytes)
         text = "\n".join(["# poll benchmark %s" % datetime.datetime.now().isoformat(timespec="seconds"), "",
