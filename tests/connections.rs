@@ -565,6 +565,65 @@ fn fastcgi_at_its_connection_cap_closes_the_longest_idle_connections() {
 }
 
 #[test]
+fn fastcgi_closes_a_newcomer_at_once_when_every_connection_is_being_answered() {
+    // a master that accepts and never answers holds each poll for its 1 s time-out (the
+    // application asks it for one poll at a time, so the polls queue)
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let master_port = silent.local_addr().unwrap().port();
+    let _held = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(64).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fcgi.sock");
+    let address = format!("unix:{}", socket.display());
+    // 72 descriptors: the smallest cap, (72 - 64) / 1 = 8 connections
+    let server = Server::start(
+        dir,
+        &["fastcgi", "--listen", &address],
+        Some(72),
+        |root| {
+            fs::write(
+                root.join("config/user-config.xml"),
+                format!("<config><master info='http://127.0.0.1:{master_port}/CMD0/box_info.xml' timeout='1'/><status dir='status'/></config>"),
+            )
+            .unwrap()
+        },
+        || UnixStream::connect(&socket).is_ok(),
+    );
+    let vars = poll_vars(&server.root);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // eight polls, each waiting for the master (or its turn): every slot is being answered
+    let waiting: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut stream = UnixStream::connect(&socket).unwrap();
+            stream.write_all(&fcgi::request(1, false, &vars)).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut newcomer = UnixStream::connect(&socket).unwrap();
+    newcomer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = newcomer.write_all(&fcgi::request(1, false, &vars));
+    let mut byte = [0u8; 1];
+    let read = newcomer.read(&mut byte);
+    assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset), "closed, not queued: {read:?}");
+    assert!(started.elapsed() < PROMPT, "closed after {:?}", started.elapsed());
+    assert!(server.log().contains("turned away"), "{}", server.log());
+    // the waiting polls are all answered (a bailout: the master is silent), none dropped
+    for (n, mut stream) in waiting.into_iter().enumerate() {
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let answer = fcgi::answer(&mut stream, 1).unwrap_or_else(|| panic!("poll {n} unanswered\n{}", server.log()));
+        assert!(answer.starts_with("Status: 200"), "{answer}");
+    }
+    // and the slots are free again
+    let (_, answer) = ask_fastcgi(&socket, 2, false, &poll_vars(&server.root));
+    assert!(answer.is_some_and(|a| a.starts_with("Status: 200")), "a poll after the wave is answered");
+}
+
+#[test]
 fn fastcgi_behind_lighttpd_answers_promptly_beside_hundreds_of_idle_backend_connections() {
     raise_own_descriptor_limit(HOSTILE as u64 + 100);
     let tmp = tempfile::tempdir().unwrap();
