@@ -328,6 +328,18 @@ fn http_1_0_is_answered_with_a_length_and_kept_alive_only_when_asked() {
 }
 
 #[test]
+fn a_client_that_stops_sending_after_its_request_still_gets_the_answer() {
+    let site = start();
+    let mut client = Client::connect(site.port);
+    client.send(b"GET /update.php?half=closed HTTP/1.1\r\nHost: h\r\n\r\n");
+    client.reader.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+    let reply = client.read(false);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.vars()["QUERY_STRING"], "half=closed");
+    assert!(client.closed());
+}
+
+#[test]
 fn paths_out_of_fw_are_refused() {
     let site = start();
     let mut client = Client::connect(site.port);

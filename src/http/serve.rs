@@ -497,7 +497,8 @@ fn http_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
-        .half_close(false)
+        // a client that shuts down its sending side after the request still gets the answer
+        .half_close(true)
         // our own deadlines (see Tracker) replace hyper's, which counts the idle time of a
         // kept-alive connection into its head's time and closes without an answer
         .header_read_timeout(None)
