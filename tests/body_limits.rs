@@ -140,6 +140,98 @@ fn serve_refuses_a_declared_body_over_the_mode_limit_before_it_arrives() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// `update-server serve` on a free port over `root`; killed on drop.
+struct Serving(std::process::Child, u16);
+
+impl Serving {
+    fn start(root: &std::path::Path) -> Serving {
+        let port = free_port();
+        let child = Command::new(binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--root"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        drop(connect_when_up(|| TcpStream::connect(("127.0.0.1", port))));
+        Serving(child, port)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads an HTTP answer up to the end of its Content-Length body.
+fn read_answer(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("every answer has a Content-Length");
+            if raw.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&raw[..end + 4 + length]).into_owned();
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&raw).into_owned(),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn serve_stores_a_chunked_backup_put_and_holds_it_to_the_mode_limit() {
+    let root = tree();
+    let server = Serving::start(root.path());
+    let mut stream = TcpStream::connect(("127.0.0.1", server.1)).unwrap();
+    let head = format!("PUT /update.php?mode=backup&hwid={HWID}&sn={SN} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    for part in ["config change CMD0 /name Reception\r\nvars create UPDATE/CHECK pb 3f\r\n", "config change PHONE /coder G722\r\n"] {
+        stream.write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes()).unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let answer = read_answer(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("# backup stored"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("transfer-encoding"), "{answer}");
+    let stored = std::fs::read(root.path().join(format!("backup/{HWID}/{HWID}.0.txt"))).unwrap();
+    assert_eq!(stored, b"config change CMD0 /name Reception\r\nconfig change PHONE /coder G722");
+
+    // 9 MiB in chunks for a backup of at most 8 MiB (backup/@maxsize): 413 once the limit is
+    // passed, and the rest is read away so that the answer arrives
+    let mut stream = TcpStream::connect(("127.0.0.1", server.1)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..(9 * MIB / chunk.len()) {
+                if stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
+                    || stream.write_all(&chunk).is_err()
+                    || stream.write_all(b"\r\n").is_err()
+                {
+                    return false;
+                }
+            }
+            stream.write_all(b"0\r\n\r\n").is_ok()
+        })
+    };
+    let answer = read_answer(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("# request body too large: more than 8388608 bytes"), "{answer}");
+    let _ = writer.join();
+    assert_eq!(std::fs::read_dir(root.path().join(format!("backup/{HWID}"))).unwrap().count(), 1, "nothing more stored");
+}
+
 // ---- FastCGI -----------------------------------------------------------------------------------
 
 fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
