@@ -598,7 +598,7 @@ fn the_units_parse_and_systemd_analyze_verifies_them() {
         assert_eq!(value(unit, "Service", "User"), Some("www-data"), "{name}");
         assert_eq!(value(unit, "Service", "ReadWritePaths"), Some("/var/lib/update-server"), "{name}");
     }
-    // the TLS line of the built-in server waits, commented, for serve's TLS options
+    // the built-in server's TLS line is there, commented (serve_runs_its_units_tls_line runs it)
     let serve = pkg.read(&format!("{UNITS}/update-server-serve.service"));
     assert!(serve.lines().any(|l| l.starts_with("#ExecStart=/usr/bin/update-server serve") && l.contains("--tls-cert")));
 
@@ -724,4 +724,52 @@ fn the_lighttpd_snippets_serve_the_lap_layout() {
     assert!(commands_of(&body).iter().any(|c| c == SNIPPET_LINE), "MTLS poll:\n{body}");
     let refused = curl(&["--cacert", &ca, &url]);
     assert!(!refused.status.success(), "the MTLS port answered without a client certificate");
+}
+
+/// The commented TLS line of update-server-serve.service, uncommented as its comment says: plain
+/// HTTP and MTLS from one process, with the device's certificate the poll is answered over
+/// HTTPS, without one the handshake fails.
+#[test]
+fn serve_runs_its_units_tls_line() {
+    let pkg = package();
+    let (tmp, tree) = working_tree(pkg);
+    let dir = tmp.path();
+    make_pki(dir);
+    let unit = pkg.read(&format!("{UNITS}/update-server-serve.service"));
+    let tls_line: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix("#ExecStart=")).collect();
+    assert_eq!(tls_line.len(), 1, "one commented ExecStart= line:\n{unit}");
+    let (port, tls_port) = (free_port(), free_port());
+    let words: Vec<String> = tls_line[0]
+        .replace("/etc/update-server/", &format!("{}/", dir.display()))
+        .replace("0.0.0.0:80 ", &format!("127.0.0.1:{port} "))
+        .replace("0.0.0.0:444 ", &format!("127.0.0.1:{tls_port} "))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(words.iter().any(|w| w == &format!("127.0.0.1:{tls_port}")), "the MTLS listener is 0.0.0.0:444: {}", tls_line[0]);
+    let mut command = scratch_command(pkg, &words, &tree);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut server = Running(command.spawn().expect("starting serve"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in [port, tls_port] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            if let Ok(Some(status)) = server.0.try_wait() {
+                panic!("serve exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "serve did not listen on 127.0.0.1:{p} within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let plain = http_get(port, &format!("/mtls/update/update.php?{DEVICE_QUERY}"), HOST);
+    assert_poll_answered(&plain, &tree, "serve, plain HTTP");
+
+    let url = format!("https://127.0.0.1:{tls_port}/mtls/update/update.php?{DEVICE_QUERY}");
+    let ca = dir.join("ca.pem").display().to_string();
+    let (cert, key) = (dir.join("client.crt").display().to_string(), dir.join("client.key").display().to_string());
+    let out = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "curl over MTLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(commands_of(&body).iter().any(|c| c == SNIPPET_LINE), "MTLS poll:\n{body}");
+    let refused = curl(&["--cacert", &ca, &url]);
+    assert!(!refused.status.success(), "the MTLS listener answered without a client certificate");
 }
