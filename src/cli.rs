@@ -15,6 +15,8 @@ usage:
                                          byte for byte) and what its poll would change
                                          (standard error); nothing is written
   update-server check [--root DIR]       validate the configuration and snippets (exit 1 on errors)
+  update-server export [--root DIR] --format json|csv
+                                         every device's record (standard output)
 ", "options:
   --root DIR      install directory (the one holding config.xml); default: UPDATE_SERVER_ROOT,
                   else the directory of SCRIPT_FILENAME, else the current directory
@@ -73,6 +75,8 @@ pub enum Command {
     /// `preview`: a device's answer and changes, nothing written.
     Preview(crate::preview::PreviewArgs),
     Check,
+    /// `export`: one record per device on standard output.
+    Export(crate::export::Format),
     Help,
 }
 
@@ -158,6 +162,7 @@ impl Options {
         let mut listens: Vec<(String, Option<TlsOptions>)> = Vec::new();
         let mut tls_defaults = TlsOptions::default();
         let mut subcommand: Option<&str> = None;
+        let mut format: Option<crate::export::Format> = None;
         let mut i = 0;
         while i < args.len() {
             let arg = args[i].as_str();
@@ -206,8 +211,12 @@ impl Options {
                         .filter(|n| (1..=256).contains(n))
                         .ok_or("--workers takes a number from 1 to 256")?
                 }
+                "--format" => {
+                    let given = value("--format")?;
+                    format = Some(crate::export::Format::parse(&given).ok_or_else(|| format!("--format takes json or csv, not '{given}'"))?);
+                }
                 "-h" | "--help" | "help" => subcommand = Some("help"),
-                "serve" | "fastcgi" | "check" if subcommand.is_none() => subcommand = Some(arg),
+                "serve" | "fastcgi" | "check" | "export" if subcommand.is_none() => subcommand = Some(arg),
                 // the rest of the line describes the device
                 "preview" if subcommand.is_none() => {
                     let (preview, preview_root) = crate::preview::PreviewArgs::parse(&args[i + 1..])?;
@@ -221,9 +230,13 @@ impl Options {
         if tls_given && subcommand != Some("serve") && subcommand != Some("help") {
             return Err("TLS options and TLS listeners belong to serve".into());
         }
+        if format.is_some() && subcommand != Some("export") && subcommand != Some("help") {
+            return Err("--format belongs to export".into());
+        }
         let command = match subcommand {
             Some("help") => Command::Help,
             Some("check") => Command::Check,
+            Some("export") => Command::Export(format.ok_or("export needs --format json or --format csv")?),
             Some("serve") => {
                 if listens.is_empty() {
                     if !tls_defaults.is_empty() {
@@ -356,6 +369,17 @@ mod tests {
             &["fastcgi", "--listen-tls", "0.0.0.0:443"],
             &["fastcgi", "--listen", "a:1", "--listen", "b:2"],
         ] {
+            assert!(Options::parse(&args(bad), false, false, None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn export_takes_a_format() {
+        let o = Options::parse(&args(&["export", "--root", "/x", "--format", "csv"]), false, false, None).unwrap();
+        assert_eq!((o.command, o.root), (Command::Export(crate::export::Format::Csv), Some(PathBuf::from("/x"))));
+        let o = Options::parse(&args(&["--format", "json", "export"]), false, false, None).unwrap();
+        assert_eq!(o.command, Command::Export(crate::export::Format::Json));
+        for bad in [&["export"][..], &["export", "--format", "xml"], &["export", "--format"], &["check", "--format", "csv"]] {
             assert!(Options::parse(&args(bad), false, false, None).is_err(), "{bad:?}");
         }
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod device_data;
 pub mod dynamic;
+pub mod export;
 pub mod filecache;
 pub mod http;
 pub mod master;

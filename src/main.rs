@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         }
         Command::Preview(preview) => return run_preview(&app, &preview),
         Command::Check => return ExitCode::from(update_server::check::run(&app.default_root(), options.root.is_some())),
+        Command::Export(format) => return ExitCode::from(update_server::export::run(&app.default_root(), format)),
         Command::Help => {
             println!("{}", update_server::cli::USAGE);
             Ok(())

@@ -10,6 +10,7 @@ use super::xpath::{self, StateDocument};
 use crate::config::Config;
 use super::tree::{self, Node};
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 /// A point in time as the page shows it: `5 mins`, with the date in the tooltip.
@@ -116,6 +117,8 @@ pub struct InfoValue {
 /// The `show` columns of one query for one device.
 #[derive(Debug, Clone)]
 pub struct InfoBlock {
+    /// The query's id (`queries/query/@id`).
+    pub query: String,
     pub title: String,
     pub seen: Since,
     pub headers: Vec<String>,
@@ -456,19 +459,82 @@ fn spa_facts(device: Node, sn: &str) -> String {
 
 /// Builds the row of a state file (read into `buffer`).
 fn row_of_file(path: &Path, sn: &str, context: &RowContext, shows: &xpath::Shows, buffer: &mut Vec<u8>) -> Row {
+    let mut built = None;
+    let _ = visit_file(path, sn, context, shows, buffer, &mut |row, _| {
+        built = Some(row);
+        ControlFlow::Continue(())
+    });
+    built.unwrap_or_default()
+}
+
+/// Reads and parses a state file (into `buffer`) and hands its row and its parsed state to
+/// `visit`; an unreadable file gets a row saying why, and no state.
+fn visit_file(path: &Path, sn: &str, context: &RowContext, shows: &xpath::Shows, buffer: &mut Vec<u8>, visit: &mut Visit) -> ControlFlow<()> {
     match read_state(path, buffer) {
-        Ok(doc) => row_of_state(Node::of(doc.root_element()), sn, context, shows),
+        Ok(doc) => {
+            let state = Node::of(doc.root_element());
+            visit(row_of_state(state, sn, context, shows), Some(state))
+        }
         Err(error) => {
             let seen = std::fs::metadata(path).and_then(|m| m.modified()).map(crate::clock::epoch_of).unwrap_or(0);
-            Row {
+            let row = Row {
                 sn: sn.to_string(),
                 broken: Some(format!("cannot read state: {error}")),
                 facts: format!("{sn} broken"),
                 seen: Since::of(seen, context.now),
                 ..Row::default()
-            }
+            };
+            visit(row, None)
         }
     }
+}
+
+/// What a reader of every device does with one: its row and its parsed state; Break ends the
+/// reading.
+pub type Visit<'v> = dyn FnMut(Row, Option<Node>) -> ControlFlow<()> + 'v;
+
+/// Every device of the status folder in serial order, as the page reads it, one state file at
+/// a time (the export: nothing but the file being visited is held): `visit` gets its row and
+/// its parsed state (None when the file cannot be read; the row says why). The `show` columns
+/// are filled.
+pub fn each_device(root: &Path, config: &Config, now: i64, visit: &mut Visit) {
+    let Some(status) = &config.status else { return };
+    let dir = root.join(&status.dir);
+    let folders = Folders::read(root, config, None);
+    let targets = Targets::read(root, config);
+    let context = RowContext { root, config, folders: &folders, targets: &targets, now, detail: false };
+    let shows = xpath::Shows::new(&config.tree);
+    let mut buffer = Vec::new();
+    for sn in state_files(&dir) {
+        if visit_file(&dir.join(format!("{sn}.xml")), &sn, &context, &shows, &mut buffer, visit).is_break() {
+            return;
+        }
+    }
+}
+
+/// Every device read as the page reads it, on all cores, for a summary (the metrics): `tally`
+/// adds one device (its row without the `show` columns, and its parsed state) to the part of
+/// its thread; the parts come back in serial order, for the caller to add up.
+pub fn tally_devices<T: Default + Send>(root: &Path, config: &Config, now: i64, tally: &(dyn Fn(&mut T, Row, Option<Node>) + Sync)) -> Vec<T> {
+    let Some(status) = &config.status else { return Vec::new() };
+    let dir = root.join(&status.dir);
+    let folders = Folders::read(root, config, None);
+    let targets = Targets::read(root, config);
+    let context = RowContext { root, config, folders: &folders, targets: &targets, now, detail: false };
+    let serials = state_files(&dir);
+    parallel(&serials, &|chunk: &[String]| {
+        // no `show` columns: their XPath is the dearest part of a row and no summary uses it
+        let shows = xpath::Shows::none();
+        let mut buffer = Vec::new();
+        let mut part = T::default();
+        for sn in chunk {
+            let _ = visit_file(&dir.join(format!("{sn}.xml")), sn, &context, &shows, &mut buffer, &mut |row, state| {
+                tally(&mut part, row, state);
+                ControlFlow::Continue(())
+            });
+        }
+        part
+    })
 }
 
 /// Builds a row from a parsed state.
@@ -699,6 +765,7 @@ fn info_blocks(state: Node, shows: &xpath::Shows, now: i64) -> Vec<InfoBlock> {
             let document = document.get_or_insert_with(|| StateDocument::new(state, &shows.reach));
             let seen = answer.attr("seen").and_then(|t| t.parse().ok()).unwrap_or(0);
             Some(InfoBlock {
+                query: query.id.clone(),
                 title: query.title.clone(),
                 seen: Since::short(seen, now),
                 headers: query.columns.iter().map(|c| c.title.clone()).collect(),

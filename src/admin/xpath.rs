@@ -64,6 +64,11 @@ impl Shows {
         let reach = Reach::of(&queries);
         Shows { queries, reach, context: Context::new() }
     }
+
+    /// No columns at all (for readers that show none).
+    pub fn none() -> Shows {
+        Shows { queries: Vec::new(), reach: Reach::default(), context: Context::new() }
+    }
 }
 
 /// The queries of the configuration that have a title and `show` entries (a `show` of `none`

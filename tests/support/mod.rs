@@ -226,20 +226,33 @@ pub fn free_port() -> u16 {
 
 /// A `GET` over HTTP/1.0 to 127.0.0.1:`port` with `Host: host`; every step has a time-out.
 pub fn http_get(port: u16, path_and_query: &str, host: &str) -> Answer {
+    http_request(port, "GET", path_and_query, &[("Host", host), ("User-Agent", "innovaphone-update/1.0")], b"")
+}
+
+/// A request over HTTP/1.0 to 127.0.0.1:`port` with `headers` (and a `Content-Length` when
+/// there is a body); every step has a time-out.
+pub fn http_request(port: u16, method: &str, path_and_query: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let limit = Duration::from_secs(20);
     let mut stream = TcpStream::connect_timeout(&address, limit)
         .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
     stream.set_read_timeout(Some(limit)).expect("read timeout");
     stream.set_write_timeout(Some(limit)).expect("write timeout");
-    let request = format!(
-        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: innovaphone-update/1.0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).expect("sending the request");
+    let mut request = format!("{method} {path_and_query} HTTP/1.0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).expect("sending the request");
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("reading the answer to GET {path_and_query}: {e}"));
+        .unwrap_or_else(|e| panic!("reading the answer to {method} {path_and_query}: {e}"));
     let line_end = find(&raw, b"\r\n").unwrap_or_else(|| panic!("no status line in {:?}", String::from_utf8_lossy(&raw)));
     let status_line = String::from_utf8_lossy(&raw[..line_end]).into_owned();
     let status = status_line
