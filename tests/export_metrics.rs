@@ -232,3 +232,85 @@ fn export_refuses_without_a_format_or_state_tracking() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// `update-server serve` on a loopback port over `root`; killed on drop.
+struct Serve {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(root: &Path) -> Serve {
+        let port = free_port();
+        let child = Command::new(binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--root"])
+            .arg(root)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting update-server serve");
+        connect_when_up(|| std::net::TcpStream::connect(("127.0.0.1", port)));
+        Serve { child, port }
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("Host", "127.0.0.1")];
+        all.extend_from_slice(headers);
+        http_request(self.port, "GET", path, &all, b"")
+    }
+
+    /// Logs in as the admin fixture's admin; the `Cookie` header of the session.
+    fn login(&self) -> String {
+        let body = format!("user=admin&pw={ADMIN_PASSWORD}");
+        let answer = http_request(
+            self.port,
+            "POST",
+            "/admin/admin.php",
+            &[("Host", "127.0.0.1"), ("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        );
+        assert_eq!(answer.status, 303, "login: {}", answer.body);
+        let cookie = answer.header("set-cookie").expect("a session cookie");
+        cookie.split(';').next().unwrap().to_string()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_admin_page_offers_the_export_as_downloads_to_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fleet(&root);
+    let server = Serve::start(&root);
+    // without a session: the login form, no records
+    let anonymous = server.get("/admin/admin.php?mode=export&format=csv", &[]);
+    assert!(anonymous.body.contains("name=\"pw\"") && !anonymous.body.contains(PROXIED_SN), "{}", anonymous.body);
+    assert!(anonymous.header("content-disposition").is_none());
+
+    let cookie = server.login();
+    let page = server.get("/admin/admin.php?mode=status", &[("Cookie", &cookie)]);
+    for link in ["href=\"admin.php?mode=export&amp;format=csv\"", "href=\"admin.php?mode=export&amp;format=json\""] {
+        assert!(page.body.contains(link), "{link} on the status page");
+    }
+    for format in ["csv", "json"] {
+        let answer = server.get(&format!("/admin/admin.php?mode=export&format={format}"), &[("Cookie", &cookie)]);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let disposition = answer.header("content-disposition").unwrap_or("");
+        assert!(disposition.starts_with("attachment; filename=\"update-server-devices-") && disposition.ends_with(&format!(".{format}\"")), "{disposition}");
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+        // the same bytes as the command line's export
+        assert_eq!(answer.body, export(&root, format), "{format}");
+    }
+    let csv = server.get("/admin/admin.php?mode=export&format=csv", &[("Cookie", &cookie)]);
+    assert!(csv.header("content-type").is_some_and(|t| t.starts_with("text/csv")));
+    let bad = server.get("/admin/admin.php?mode=export&format=xlsx", &[("Cookie", &cookie)]);
+    assert_eq!(bad.status, 400);
+}

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod files;
 pub mod filter;
+pub mod fleet;
 pub mod hops;
 pub mod pages;
 pub mod session;
@@ -292,6 +293,7 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
     let response = match mode {
         "ui" => ui::command(&site, request, root, &config, session, now),
         "status" => status_page(&site, root, &config, session, now),
+        "export" => fleet::export(root, &config, site.arg("format"), now),
         "show" => render(200, &pages::show(root, &config, &page("Configuration", Some(&config), Some(session)), now)),
         "info" => render(200, &pages::info(&site, &config, &page("Add new device", Some(&config), Some(session)))),
         _ => {
