@@ -14,11 +14,13 @@ pub struct App {
     root_override: Option<PathBuf>,
     configs: ConfigCache,
     snippets: crate::filecache::FileCache,
+    /// The requests this process answered, for `mode=metrics`.
+    counters: crate::metrics::Counters,
 }
 
 impl App {
     pub fn new(root_override: Option<PathBuf>) -> App {
-        App { root_override, configs: ConfigCache::default(), snippets: Default::default() }
+        App { root_override, configs: ConfigCache::default(), snippets: Default::default(), counters: Default::default() }
     }
 
     /// Logs the findings of `update-server check` once whenever a configuration is (re)read
@@ -196,14 +198,18 @@ impl App {
 
 impl Handler for App {
     fn handle(&self, request: Request) -> Response {
+        let started = std::time::Instant::now();
         let route = Route::of(request.var("SCRIPT_NAME").unwrap_or(""));
         let root = self.root_for(&request.vars, route);
-        match route {
+        let response = match route {
             Route::Update => self.update(&request, &root),
             Route::Migrate => self.migrate(&request, &root),
-            Route::Admin => crate::admin::handle(&request, &root, self.configs.get(&root)),
+            Route::Admin => crate::admin::handle(&request, &root, self.configs.get(&root), &self.counters),
             Route::Unknown => device_text(404, "# not found\r\n"),
-        }
+        };
+        let poll = route == Route::Update && crate::metrics::is_poll(request.var("QUERY_STRING").unwrap_or(""));
+        self.counters.record(route, poll, response.status, started.elapsed());
+        response
     }
 
     fn body_limit(&self, vars: &HashMap<String, String>) -> usize {

@@ -15,6 +15,7 @@ pub mod export;
 pub mod filecache;
 pub mod http;
 pub mod master;
+pub mod metrics;
 pub mod net;
 pub mod preview;
 pub mod queries;

@@ -314,3 +314,138 @@ fn the_admin_page_offers_the_export_as_downloads_to_a_session() {
     let bad = server.get("/admin/admin.php?mode=export&format=xlsx", &[("Cookie", &cookie)]);
     assert_eq!(bad.status, 400);
 }
+
+const TOKEN: &str = "metrics-token-0123456789abcdef";
+
+/// The fleet with `status/@metricstoken`, and one present device whose newest backup is two
+/// hours old (stale: the fixture's status/@missing is 3600).
+fn metrics_fleet(root: &Path) -> u64 {
+    let now = fleet(root);
+    let user = admin_user_config("admin", ADMIN_PASSWORD)
+        .replace("<status dir=\"status\" missing=\"3600\" refresh=\"0\"/>", &format!("<status dir=\"status\" missing=\"3600\" refresh=\"0\" metricstoken=\"{TOKEN}\"/>"));
+    assert!(user.contains(TOKEN));
+    write_old_file(root, "config/user-config.xml", &user);
+    let gateway = root.join("status/00-90-33-aa-bb-cc.xml");
+    let state = std::fs::read_to_string(&gateway).unwrap();
+    let seen = seen_of(root, "00-90-33-aa-bb-cc");
+    std::fs::write(&gateway, state.replace(&format!("backup=\"{seen}\""), &format!("backup=\"{}\"", now - 7200))).unwrap();
+    now
+}
+
+/// The samples of an exposition: `name{labels}` → value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {l}"));
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number: {l}")))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_through_serve_count_the_fleet_and_this_process_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    metrics_fleet(&root);
+    let server = Serve::start(&root);
+    let metrics = "/admin/admin.php?mode=metrics";
+
+    // no session and no token, a wrong token, another scheme: the same 401, nothing about the fleet
+    let refused: Vec<Answer> = [None, Some("Bearer wrong-token-0123456789abcdef"), Some(&*format!("Basic {TOKEN}"))]
+        .into_iter()
+        .map(|auth| server.get(metrics, &auth.map(|a| vec![("Authorization", a)]).unwrap_or_default()))
+        .collect();
+    for answer in &refused {
+        assert_eq!(answer.status, 401, "{}", answer.body);
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer realm=\"update-server metrics\""));
+        assert_eq!(answer.body, refused[0].body, "a wrong token is told what a missing one is");
+        assert!(!answer.body.contains("update_server_"));
+    }
+
+    let bearer = format!("Bearer {TOKEN}");
+    let answer = server.get(metrics, &[("Authorization", &bearer)]);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(answer.body.contains("# HELP update_server_devices_by_type ") && answer.body.contains("# TYPE update_server_request_duration_seconds histogram\n"));
+    let first = samples(&answer.body);
+    let expected = [
+        ("update_server_devices", 7.0),
+        ("update_server_devices_broken", 1.0),
+        ("update_server_devices_missing", 1.0),
+        ("update_server_devices_by_type{type=\"IP112\"}", 1.0),
+        ("update_server_devices_by_type{type=\"IP222\"}", 1.0),
+        ("update_server_devices_by_type{type=\"IP232\"}", 1.0),
+        ("update_server_devices_by_type{type=\"IP1202\"}", 1.0),
+        ("update_server_devices_by_type{type=\"IP111\"}", 1.0),
+        ("update_server_devices_by_type{type=\"SPA504G\"}", 1.0),
+        ("update_server_devices_by_phase{phase=\"update\"}", 5.0),
+        ("update_server_devices_by_phase{phase=\"staging\"}", 1.0),
+        ("update_server_devices_by_firmware{firmware=\"13r3\"}", 4.0),
+        ("update_server_devices_by_firmware{firmware=\"134567\"}", 1.0),
+        ("update_server_devices_by_firmware{firmware=\"7.3.7\"}", 1.0),
+        ("update_server_devices_by_certificate{state=\"OK\"}", 4.0),
+        ("update_server_devices_by_certificate{state=\"Request pending\"}", 1.0),
+        // the phone behind the proxy has no backup; the gateway's is two hours old
+        ("update_server_devices_backup_stale{reason=\"none\"}", 1.0),
+        ("update_server_devices_backup_stale{reason=\"old\"}", 1.0),
+        ("update_server_backup_stale_after_seconds", 3600.0),
+        ("update_server_polls_total", 0.0),
+        ("update_server_poll_answers_total", 0.0),
+        ("update_server_poll_refusals_total", 0.0),
+        ("update_server_request_duration_seconds_count{script=\"update\"}", 0.0),
+    ];
+    for (series, value) in expected {
+        assert_eq!(first.get(series), Some(&value), "{series} in\n{}", answer.body);
+    }
+    for family in ["update_server_devices_by_type", "update_server_devices_by_phase", "update_server_devices_by_firmware"] {
+        let total: f64 = first.iter().filter(|(k, _)| k.starts_with(&format!("{family}{{"))).map(|(_, v)| v).sum();
+        assert_eq!(total, 6.0, "{family}: every readable device once");
+    }
+    // the three refused scrapes are counted (the one being answered is not yet)
+    assert_eq!(first.get("update_server_request_duration_seconds_count{script=\"admin\"}"), Some(&3.0));
+
+    // two polls answered, one refused (an invalid serial), one backup upload that is no poll
+    for query in [DEVICE_QUERY, DEVICE_QUERY, "type=IP232&sn=not-a-serial&hwid=x"] {
+        server.get(&format!("/update.php?{query}"), &[("User-Agent", "innovaphone-update/1.0")]);
+    }
+    server.get("/update.php?mode=backup&sn=00-90-33-3e-0c-57&hwid=IP232-3e-0c-57", &[]);
+    let after = samples(&server.get(metrics, &[("Authorization", &bearer)]).body);
+    assert_eq!(after.get("update_server_polls_total"), Some(&3.0));
+    assert_eq!(after.get("update_server_poll_answers_total"), Some(&2.0));
+    assert_eq!(after.get("update_server_poll_refusals_total"), Some(&1.0));
+    assert_eq!(after.get("update_server_request_duration_seconds_count{script=\"update\"}"), Some(&4.0));
+    assert_eq!(after.get("update_server_request_duration_seconds_bucket{script=\"update\",le=\"+Inf\"}"), Some(&4.0));
+    let buckets: Vec<f64> = after.iter().filter(|(k, _)| k.starts_with("update_server_request_duration_seconds_bucket{script=\"update\"")).map(|(_, v)| *v).collect();
+    assert!(buckets.iter().all(|n| *n <= 4.0), "{buckets:?}");
+    assert!(after["update_server_request_duration_seconds_sum{script=\"update\"}"] > 0.0);
+    assert_eq!(after.get("update_server_devices"), Some(&7.0), "a poll of a known device adds none");
+
+    // an admin session opens the metrics as well, without the token
+    let cookie = server.login();
+    let with_session = server.get(metrics, &[("Cookie", &cookie)]);
+    assert_eq!(with_session.status, 200);
+    assert_eq!(samples(&with_session.body).get("update_server_devices_by_type{type=\"SPA504G\"}"), Some(&1.0));
+}
+
+#[test]
+fn check_knows_the_metrics_token_and_warns_of_a_short_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    copy_install_tree(&root);
+    let check = |token: &str| {
+        write_old_file(&root, "config/user-config.xml", &format!("<config>\n  <master info=\"\"/>\n  <status dir=\"status\" metricstoken=\"{token}\"/>\n</config>\n"));
+        let mut command = Command::new(binary());
+        command.args(["check", "--root"]).arg(&root).env_clear();
+        let out = run_with_timeout(command, Duration::from_secs(30));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, findings) = check(TOKEN);
+    assert!(ok && !findings.contains("metricstoken") && !findings.contains("metrics token"), "{findings}");
+    let (ok, findings) = check("s3cret");
+    assert!(ok, "a short token is a warning: {findings}");
+    assert!(findings.contains("user-config.xml:3:") && findings.contains("warning: status/@metricstoken: a metrics token of 6 characters is easy to guess"), "{findings}");
+    assert!(!findings.contains("s3cret"), "the token is never repeated: {findings}");
+    let (ok, findings) = check("two words");
+    assert!(!ok && findings.contains("error: status/@metricstoken: the metrics token holds characters"), "{findings}");
+}

@@ -214,22 +214,43 @@ pub fn access(site: &Site, request: &Request, root: &Path, config: &Config, now:
     if !site.channel_ok() && site.remote_user.is_none() {
         return None;
     }
-    let credentials = auth::fingerprint(&config.master.user, &config.master.password);
-    let cookie = request.var("HTTP_COOKIE").and_then(|c| session::cookie_value(c, session::COOKIE));
-    if let Some(found) = cookie.and_then(|id| session::load(root, id, now)) {
-        if found.credentials == credentials {
-            return Some(Access { session: found, set_cookie: None });
-        }
-        session::destroy(root, &found.id);
+    if let Some(found) = live_session(request, root, config, now) {
+        return Some(Access { session: found, set_cookie: None });
     }
-    let vouched = site.remote_user.is_some() || site.quick_start;
-    if auth::policy(&config.master.user, &config.master.password) == auth::Policy::NoLogin && vouched {
+    if vouched_without_login(site, config) {
+        let credentials = auth::fingerprint(&config.master.user, &config.master.password);
         let user = site.remote_user.clone().unwrap_or_default();
         let created = session::create(root, &user, &credentials, now).ok()?;
         let cookie = session::set_cookie(Some(&created.id), &site.cookie_path(), site.https);
         return Some(Access { session: created, set_cookie: Some(cookie) });
     }
     None
+}
+
+/// The session the request's cookie names, if it is alive and was opened with the present
+/// credentials (one of older credentials is ended).
+fn live_session(request: &Request, root: &Path, config: &Config, now: i64) -> Option<Session> {
+    let cookie = request.var("HTTP_COOKIE").and_then(|c| session::cookie_value(c, session::COOKIE))?;
+    let found = session::load(root, cookie, now)?;
+    if found.credentials == auth::fingerprint(&config.master.user, &config.master.password) {
+        return Some(found);
+    }
+    session::destroy(root, &found.id);
+    None
+}
+
+/// Login is switched off and somebody vouches for the user (see [`access`]).
+fn vouched_without_login(site: &Site, config: &Config) -> bool {
+    let vouched = site.remote_user.is_some() || site.quick_start;
+    vouched && auth::policy(&config.master.user, &config.master.password) == auth::Policy::NoLogin
+}
+
+/// Whether a request may read what an admin session may read, without opening a session:
+/// for a client that polls (the metrics scraper), which would otherwise leave a session file
+/// behind at every request where login is switched off.
+pub fn admin_allowed(site: &Site, request: &Request, root: &Path, config: &Config, now: i64) -> bool {
+    (site.channel_ok() || site.remote_user.is_some())
+        && (live_session(request, root, config, now).is_some() || vouched_without_login(site, config))
 }
 
 /// Whether a changing request presents the session's CSRF token (header `X-CSRF-Token` or
@@ -262,7 +283,7 @@ fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
 }
 
 /// Answers `admin/admin.php`.
-pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, ConfigError>) -> Response {
+pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, ConfigError>, counters: &crate::metrics::Counters) -> Response {
     let site = Site::of(request, 1);
     let config = match config {
         Ok(config) => config,
@@ -279,6 +300,10 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
     let mode = if site.arg("show").is_some() { "show" } else { site.arg("mode").unwrap_or("status") };
     if mode == "logout" {
         return logout(&site, request, root, &config, now);
+    }
+    if mode == "metrics" {
+        // for a scraper with the bearer token as well as for a session
+        return fleet::metrics(&site, request, root, &config, counters, now);
     }
     if site.method == "POST" && mode != "ui" && site.form.iter().any(|(k, _)| k == "user" || k == "pw") {
         return login(&site, request, root, &config, now);

@@ -34,6 +34,9 @@ pub(crate) enum Value {
     Hours,
     /// `times/@httpsurlmod`: `<d>pattern<d>replacement<d>flags`.
     Substitution,
+    /// `status/@metricstoken`: a secret sent in an `Authorization: Bearer` header (never
+    /// repeated in a finding).
+    BearerToken,
 }
 
 /// The typed attributes: what the code makes of each (src/config, certs, script, master).
@@ -51,6 +54,7 @@ pub(crate) const TYPED: &[(&str, &str, Value)] = &[
     ("status", "expire", Value::Integer),
     ("status", "logkeep", Value::Integer),
     ("status", "usehttpsdevlinks", Value::Boolean),
+    ("status", "metricstoken", Value::BearerToken),
     ("times", "allow", Value::Hours),
     ("times", "initial", Value::Minutes),
     ("times", "check", Value::Boolean),
@@ -213,6 +217,17 @@ pub(crate) fn value_problem(kind: Value, value: &str) -> Option<(Severity, Strin
         Value::Port => match trimmed.is_empty() || (trimmed.bytes().all(|b| b.is_ascii_digit()) && trimmed.parse::<u16>().is_ok_and(|p| p > 0)) {
             true => None,
             false => error(format!("'{value}' is not a port number")),
+        },
+        Value::BearerToken => match trimmed {
+            "" => None,
+            token if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                error("the metrics token holds characters an Authorization header cannot carry: write letters, digits and punctuation, no spaces".into())
+            }
+            token if token.len() < 16 => Some((
+                Severity::Warning,
+                format!("a metrics token of {} characters is easy to guess: use at least 16 (openssl rand -hex 16)", token.len()),
+            )),
+            _ => None,
         },
         Value::Boolean => match value {
             "" | "true" | "false" => None,

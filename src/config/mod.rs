@@ -101,6 +101,9 @@ pub struct Status {
     pub expire: i64,
     pub logkeep: i64,
     pub usehttpsdevlinks: bool,
+    /// `metricstoken`: the bearer token that opens `mode=metrics` without a session; empty:
+    /// only a session does.
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +320,7 @@ pub fn build(mut tree: Element, user: &Element, user_file: &str) -> Result<Confi
         expire: int_or(&s, "expire", 0),
         logkeep: int_or(&s, "logkeep", 1800),
         usehttpsdevlinks: attr(&s, "usehttpsdevlinks") == "true",
+        metrics_token: attr(&s, "metricstoken").trim().to_string(),
     });
 
     let customcerts = tree.child("customcerts").filter(|c| nonblank(c, "dir").is_some()).cloned();
