@@ -234,6 +234,19 @@ impl Handler for App {
     }
 }
 
+/// The warning a long-running mode logs at start when its root is no install tree: otherwise
+/// nothing is said until the first poll answers `# Error: … is missing`, and nothing there
+/// points at `--root`.
+pub fn root_warning(root: &Path) -> Option<String> {
+    if root.join("config.xml").is_file() {
+        return None;
+    }
+    Some(format!(
+        "{} has no config.xml: not an install tree? start with --root DIR (the folder that holds config.xml), or set UPDATE_SERVER_ROOT",
+        root.display()
+    ))
+}
+
 /// Whether a device request is carried out or only previewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Effects {
@@ -317,6 +330,14 @@ fn is_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_without_config_xml_is_named_with_the_way_out() {
+        let empty = tempfile::tempdir().unwrap();
+        let warning = root_warning(empty.path()).expect("a warning");
+        assert!(warning.starts_with(&format!("{} has no config.xml", empty.path().display())) && warning.contains("--root DIR"), "{warning}");
+        assert_eq!(root_warning(Path::new(env!("CARGO_MANIFEST_DIR"))), None, "the shipped tree");
+    }
 
     #[test]
     fn url_hosts_keep_the_devices_port() {

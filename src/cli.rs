@@ -17,6 +17,9 @@ usage:
   update-server check [--root DIR]       validate the configuration and snippets (exit 1 on errors)
   update-server export [--root DIR] --format json|csv
                                          every device's record (standard output)
+  update-server hash-password            reads a password on standard input (one line), prints
+                                         an Argon2id hash for master/@password
+  update-server --version                the version (-V)
 ", "options:
   --root DIR      install directory (the one holding config.xml); default: UPDATE_SERVER_ROOT,
                   else the directory of SCRIPT_FILENAME, else the current directory
@@ -36,6 +39,16 @@ serve listeners (as many as wanted; each says whether it speaks TLS):
   every TLS listener. TLS 1.2 and 1.3 only. Example, plain HTTP to move devices and MTLS:
     update-server serve --listen 0.0.0.0:80 \\
       --listen-tls 0.0.0.0:444 --tls-cert server.pem --tls-key server.key --client-ca device-ca.pem");
+
+/// `update-server 0.1.0`, with the commit when the build was given one
+/// (`UPDATE_SERVER_COMMIT=$(git rev-parse --short HEAD)`, as `tools/package` does): no build
+/// script, so a plain `cargo build` has none.
+pub fn version() -> String {
+    match option_env!("UPDATE_SERVER_COMMIT").map(str::trim).filter(|c| !c.is_empty()) {
+        Some(commit) => format!("update-server {} ({commit})", env!("CARGO_PKG_VERSION")),
+        None => format!("update-server {}", env!("CARGO_PKG_VERSION")),
+    }
+}
 
 /// One listening address of `serve` and how it speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +90,9 @@ pub enum Command {
     Check,
     /// `export`: one record per device on standard output.
     Export(crate::export::Format),
+    /// `hash-password`: an Argon2id hash of the password on standard input.
+    HashPassword,
+    Version,
     Help,
 }
 
@@ -216,7 +232,8 @@ impl Options {
                     format = Some(crate::export::Format::parse(&given).ok_or_else(|| format!("--format takes json or csv, not '{given}'"))?);
                 }
                 "-h" | "--help" | "help" => subcommand = Some("help"),
-                "serve" | "fastcgi" | "check" | "export" if subcommand.is_none() => subcommand = Some(arg),
+                "-V" | "--version" => subcommand = Some("version"),
+                "serve" | "fastcgi" | "check" | "export" | "hash-password" if subcommand.is_none() => subcommand = Some(arg),
                 // the rest of the line describes the device
                 "preview" if subcommand.is_none() => {
                     let (preview, preview_root) = crate::preview::PreviewArgs::parse(&args[i + 1..])?;
@@ -235,8 +252,10 @@ impl Options {
         }
         let command = match subcommand {
             Some("help") => Command::Help,
+            Some("version") => Command::Version,
             Some("check") => Command::Check,
             Some("export") => Command::Export(format.ok_or("export needs --format json or --format csv")?),
+            Some("hash-password") => Command::HashPassword,
             Some("serve") => {
                 if listens.is_empty() {
                     if !tls_defaults.is_empty() {
@@ -382,6 +401,17 @@ mod tests {
         for bad in [&["export"][..], &["export", "--format", "xml"], &["export", "--format"], &["check", "--format", "csv"]] {
             assert!(Options::parse(&args(bad), false, false, None).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn version_and_hash_password() {
+        for flag in ["--version", "-V"] {
+            // also under CGI and with an inherited socket: a person asked for the version
+            assert_eq!(Options::parse(&args(&[flag]), true, true, None).unwrap().command, Command::Version);
+        }
+        assert_eq!(Options::parse(&args(&["hash-password"]), false, false, None).unwrap().command, Command::HashPassword);
+        assert!(Options::parse(&args(&["hash-password", "secret"]), false, false, None).is_err(), "the password is read from stdin, never an argument");
+        assert!(version().starts_with(&format!("update-server {}", env!("CARGO_PKG_VERSION"))));
     }
 
     #[test]

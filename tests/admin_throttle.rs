@@ -160,3 +160,31 @@ fn behind_a_trusted_proxy_the_client_counts_not_the_proxy() {
 fn session_of(answer: &Answer) -> Option<String> {
     header_values(answer, "set-cookie").into_iter().find(|c| c.starts_with("update_admin=") && !c.contains("Max-Age=0")).map(String::from)
 }
+
+/// Issue 11 item 6: the login form itself (a GET, before another try) says that this address
+/// is locked out, after how many failures and for how long, and shows no form; another address
+/// gets the form. The GET writes nothing.
+#[test]
+fn the_login_form_says_when_this_address_is_locked_out() {
+    let admin = Admin::new();
+    for _ in 0..5 {
+        assert_eq!(admin.wrong("172.16.4.59").status, 403);
+    }
+    let form = |address: &str| {
+        let ctx = CgiContext { remote_addr: address.into(), port: 443, ..CgiContext::default() };
+        cgi_request(&admin.root, &ctx, "GET", "admin/admin.php", "", b"", &[HTTPS])
+    };
+    let before = snapshot_files(&admin.root);
+    let locked = form("172.16.4.59");
+    assert_eq!(snapshot_diff(&before, &snapshot_files(&admin.root)), Vec::<String>::new(), "the form's GET wrote something");
+    assert_eq!(locked.status, 200, "{}", locked.body);
+    assert!(locked.body.contains("Login locked after 5 failed logins from your address: try again in 15 minutes."), "{}", locked.body);
+    assert!(locked.body.contains("also across restarts") && locked.body.contains(RECORD), "{}", locked.body);
+    assert!(!locked.body.contains("name=\"pw\""), "no form while locked: {}", locked.body);
+    let other = form("172.16.4.60");
+    assert!(other.body.contains("name=\"pw\"") && !other.body.contains("Login locked"), "{}", other.body);
+    // the refused try says the same, with Retry-After
+    let refused = admin.right("172.16.4.59");
+    assert_eq!(refused.status, 429);
+    assert!(refused.body.contains("Login locked after 5 failed logins"), "{}", refused.body);
+}

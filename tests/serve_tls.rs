@@ -524,3 +524,25 @@ fn a_tls_listener_whose_key_cannot_be_read_stops_serve_at_start() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen-tls 127.0.0.1:1"));
 }
+
+/// A TLS listener on a taken address names it and the likely cause (issue 11 item 6).
+#[test]
+fn a_tls_listener_on_a_taken_address_is_named_with_its_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    make_pki(&pki);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(binary())
+        .args(["serve", "--listen-tls", &address, "--tls-cert"])
+        .arg(pki.join("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("server.key"))
+        .arg("--root")
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("update-server: cannot listen on {address}: address in use (is another server running?)")), "{stderr}");
+}

@@ -101,6 +101,35 @@ fn verify_argon2(hash: &str, password: &str) -> bool {
     }
 }
 
+/// An Argon2id hash of `password` in the PHC form (`$argon2id$v=19$m=19456,t=2,p=1$…`) for
+/// `master/@password` (`update-server hash-password`): the argon2 crate's default parameters,
+/// the ones [`verify`] checks with, and a random 16-byte salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("no random salt: {e}"))?;
+    argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// The password `update-server hash-password` reads: one line of UTF-8 without its line end
+/// (`\n` or `\r\n`), not empty and not followed by another line (a pasted file or a second
+/// line is more likely a mistake than a password).
+pub fn password_from_input(input: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(input).map_err(|_| "the password is not UTF-8".to_string())?;
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.contains(['\n', '\r']) {
+        return Err("more than one line on standard input: give the password as one line".into());
+    }
+    if line.is_empty() {
+        return Err("empty password: give it as one line on standard input".into());
+    }
+    Ok(line)
+}
+
 /// Who a failure is counted against: the address, with an IPv6 address reduced to its /64
 /// (one host usually has a whole /64 to pick addresses from) and an IPv4-mapped one to IPv4.
 pub fn source_of(address: &str) -> String {
@@ -155,8 +184,19 @@ fn counts_at(time: i64, now: i64) -> bool {
     now - time < WINDOW_SECS && time <= now + 60
 }
 
-/// Seconds `source` has to wait before it may try `user` again (None: it may try now).
-fn wait(failures: &[Failure], source: &str, user: &str, now: i64) -> Option<i64> {
+/// Why logins from a source wait, as the login page explains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// Until the deciding failure ages out.
+    pub wait_secs: i64,
+    /// The source's failures that still count.
+    pub failures: usize,
+    /// Many failures in all (or for the user name): every source has one try per window.
+    pub under_pressure: bool,
+}
+
+/// Whether `source` has to wait before it may try `user` again, and how long.
+fn lockout(failures: &[Failure], source: &str, user: &str, now: i64) -> Option<Lockout> {
     let failures: Vec<&Failure> = failures.iter().filter(|f| counts_at(f.time, now)).collect();
     let for_user = failures.iter().filter(|f| f.user == user).count();
     let under_pressure = failures.len() >= GLOBAL_CEILING || for_user >= PER_USER_CEILING;
@@ -168,7 +208,19 @@ fn wait(failures: &[Failure], source: &str, user: &str, now: i64) -> Option<i64>
     }
     // the failure that has to age out before one more try
     let deciding = mine[mine.len() - limit];
-    Some((deciding + WINDOW_SECS - now).clamp(1, WINDOW_SECS + 60))
+    let wait_secs = (deciding + WINDOW_SECS - now).clamp(1, WINDOW_SECS + 60);
+    Some(Lockout { wait_secs, failures: mine.len(), under_pressure })
+}
+
+/// The lockout of `address` as the record on disk says, read without the lock and without
+/// writing anything (the login form's GET): the per-user ceiling is left out, the user name
+/// being unknown before the form is sent.
+pub fn lockout_of(root: &Path, address: &str, now: i64) -> Option<Lockout> {
+    let mut text = Vec::new();
+    use std::io::Read;
+    let limit = (MAX_RECORDED * 100) as u64;
+    fs::File::open(root.join(FAILURE_RECORD)).ok()?.take(limit).read_to_end(&mut text).ok()?;
+    lockout(&parse_record(&String::from_utf8_lossy(&text), now), &source_of(address), "", now)
 }
 
 /// The wrong-password record ([`FAILURE_RECORD`]), changed under an exclusive lock on
@@ -225,9 +277,9 @@ impl Drop for Record {
 pub enum Attempt {
     Accepted,
     Refused,
-    /// Too many wrong passwords from this source: try again after this many seconds (the
-    /// password was not even looked at).
-    Throttled(i64),
+    /// Too many wrong passwords from this source: try again later (the password was not even
+    /// looked at).
+    Throttled(Lockout),
     /// The failure record cannot be kept (cache/ not writable): no password is checked, since
     /// without the record there would be no limit on guessing.
     NoRecord(String),
@@ -244,8 +296,8 @@ pub fn attempt(root: &Path, address: &str, user: &str, now: i64, check: impl FnO
     };
     let source = source_of(address);
     let user = user_tag(user);
-    if let Some(wait) = wait(&record.failures, &source, &user, now) {
-        return Attempt::Throttled(wait);
+    if let Some(lockout) = lockout(&record.failures, &source, &user, now) {
+        return Attempt::Throttled(lockout);
     }
     if check() {
         record.failures.retain(|f| f.source != source);
@@ -298,12 +350,35 @@ mod tests {
         assert!(verify("admin", "a:b", "admin", "a:b"));
     }
 
+    #[test]
+    fn hash_password_makes_a_hash_the_login_accepts() {
+        let hash = hash_password("s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify("admin", &hash, "admin", "s3cret") && !verify("admin", &hash, "admin", "s3cre"));
+        assert_ne!(hash, hash_password("s3cret").unwrap(), "a new salt every time");
+    }
+
+    #[test]
+    fn the_password_is_one_line() {
+        assert_eq!(password_from_input(b"s3cret\n"), Ok("s3cret"));
+        assert_eq!(password_from_input(b"s3cret\r\n"), Ok("s3cret"));
+        assert_eq!(password_from_input(b"s3cret"), Ok("s3cret"));
+        assert_eq!(password_from_input(b" with spaces \n"), Ok(" with spaces "), "spaces are part of a password");
+        for bad in [&b""[..], b"\n", b"\r\n", b"two\nlines\n", b"a\rb", b"\xff\n"] {
+            assert!(password_from_input(bad).is_err(), "{bad:?}");
+        }
+    }
+
     fn argon2_hash(password: &str) -> String {
         use argon2::password_hash::PasswordHasher;
         argon2::Argon2::default().hash_password_with_salt(password.as_bytes(), b"some salt here").unwrap().to_string()
     }
 
     const NOW: i64 = 1_700_000_000;
+
+    fn wait(failures: &[Failure], source: &str, user: &str, now: i64) -> Option<i64> {
+        lockout(failures, source, user, now).map(|l| l.wait_secs)
+    }
 
     fn fail(source: &str, user: &str, time: i64) -> Failure {
         Failure { time, source: source.into(), user: user_tag(user) }
@@ -363,7 +438,10 @@ mod tests {
         for i in 0..PER_SOURCE_LIMIT as i64 {
             assert_eq!(attempt(dir.path(), "10.0.0.1", "admin", NOW + i, || false), Attempt::Refused);
         }
-        assert!(matches!(attempt(dir.path(), "10.0.0.1", "admin", NOW + 10, || true), Attempt::Throttled(w) if w > 0 && w <= WINDOW_SECS));
+        let throttled = attempt(dir.path(), "10.0.0.1", "admin", NOW + 10, || true);
+        assert!(matches!(throttled, Attempt::Throttled(l) if l.wait_secs == WINDOW_SECS - 10 && l.failures == 5 && !l.under_pressure), "{throttled:?}");
+        assert_eq!(lockout_of(dir.path(), "10.0.0.1", NOW + 10).map(|l| (l.wait_secs, l.failures)), Some((WINDOW_SECS - 10, 5)), "as the form's GET reads it");
+        assert_eq!(lockout_of(dir.path(), "10.0.0.2", NOW + 10), None);
         assert_eq!(attempt(dir.path(), "10.0.0.2", "admin", NOW + 10, || true), Attempt::Accepted, "others may still log in");
         assert_eq!(attempt(dir.path(), "10.0.0.1", "admin", NOW + WINDOW_SECS + 10, || true), Attempt::Accepted, "the wait ends");
         assert!(!dir.path().join(FAILURE_RECORD).exists(), "an empty record leaves no file");

@@ -311,7 +311,10 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
     let Some(access) = access(&site, request, root, &config, now) else {
         return match mode {
             "ui" => json(401, json_string("login required")),
-            _ => login_page(&site, &config, 200, Vec::new(), None),
+            _ => {
+                // the form says at once when this address is locked out, before another try
+                login_page(&site, &config, 200, Vec::new(), auth::lockout_of(root, &login_client(&site, request, &config), now))
+            }
         };
     };
     let session = &access.session;
@@ -384,7 +387,7 @@ fn status_page(site: &Site, root: &Path, config: &Config, session: &Session, now
     render(200, &templates::StatusPage { page: &page, cols: &cols, rows: &rows, shown, total, filter: filter_text, notice, pager })
 }
 
-fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>, retry_after: Option<i64>) -> Response {
+fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>, lockout: Option<auth::Lockout>) -> Response {
     let page = page("Log in", Some(config), None);
     let mut notices = Vec::new();
     let mut form = true;
@@ -393,7 +396,7 @@ fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>
         auth::Policy::DefaultPassword => {
             form = false;
             notices.push(format!(
-                "The admin password is still the shipped default, which is never accepted. Set master/@user and master/@password in {} (a bcrypt hash such as the output of `htpasswd -nbBC 12 \"\" 'your password' | cut -d: -f2`, or an argon2 hash, is best), then reload this page.",
+                "The admin password is still the shipped default, which is never accepted. Set master/@user and master/@password in {} (best a hash: the output of `update-server hash-password`, which reads the password on standard input; a bcrypt hash works too), then reload this page.",
                 config.user_file
             ));
         }
@@ -416,30 +419,43 @@ fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>
         };
         https_url = Some(format!("https://{name}{}", site.admin_path()));
     }
-    if let Some(wait) = retry_after {
+    if let Some(lockout) = lockout {
         form = false;
-        errors.push(throttle_message(wait));
+        errors.push(lockout_message(&lockout));
     }
     let template = templates::LoginPage { page: &page, notices, errors, form, user: site.arg("user").unwrap_or("").chars().take(64).collect(), https_url };
     let mut response = render(status, &template);
-    if let Some(wait) = retry_after {
-        response.headers.push(("Retry-After".into(), wait.to_string()));
+    if let Some(lockout) = lockout.filter(|_| status == 429) {
+        response.headers.push(("Retry-After".into(), lockout.wait_secs.to_string()));
     }
     response
 }
 
-/// What a throttled login is told: how long the wait still is, that it ends by itself, and how
-/// an administrator ends it at once.
-fn throttle_message(wait_secs: i64) -> String {
-    let minutes = (wait_secs + 59) / 60;
-    let plural = if minutes == 1 { "" } else { "s" };
+/// What a locked-out login is told: after how many failures, how long the wait still is, that
+/// it ends by itself, and how an administrator ends it at once.
+fn lockout_message(lockout: &auth::Lockout) -> String {
+    let minutes = (lockout.wait_secs + 59) / 60;
+    let plural = |n: i64| if n == 1 { "" } else { "s" };
+    let failures = lockout.failures as i64;
+    let pressure = if lockout.under_pressure {
+        format!(" Many wrong passwords came from elsewhere too: for now every address has one try per {} minutes.", auth::WINDOW_SECS / 60)
+    } else {
+        String::new()
+    };
     format!(
-        "Too many wrong passwords: try again in {minutes} minute{plural}. \
-         The wait ends by itself (each wrong password counts for {} minutes); an administrator \
-         can end it at once by deleting {} on the server.",
+        "Login locked after {failures} failed login{} from your address: try again in {minutes} minute{}.{pressure} \
+         The wait ends by itself (each wrong password counts for {} minutes, also across restarts); an \
+         administrator can end it at once by deleting {} on the server.",
+        plural(failures),
+        plural(minutes),
         auth::WINDOW_SECS / 60,
         auth::FAILURE_RECORD
     )
+}
+
+/// Whom wrong passwords count against: behind a trusted reverse proxy the client, not the proxy.
+fn login_client(site: &Site, request: &Request, config: &Config) -> String {
+    crate::device::origin(&site.remote_addr, request.var("HTTP_X_FORWARDED_FOR"), &config.trusted_proxies).ip
 }
 
 fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64) -> Response {
@@ -455,8 +471,7 @@ fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64)
     }
     let user = site.form.iter().find(|(k, _)| k == "user").map_or("", |(_, v)| v.as_str());
     let password = site.form.iter().find(|(k, _)| k == "pw").map_or("", |(_, v)| v.as_str());
-    // behind a trusted reverse proxy the failures count against the client, not the proxy
-    let client = crate::device::origin(&site.remote_addr, request.var("HTTP_X_FORWARDED_FOR"), &config.trusted_proxies).ip;
+    let client = login_client(site, request, config);
     let outcome = auth::attempt(root, &client, user, now, || auth::verify(&config.master.user, &config.master.password, user, password));
     match outcome {
         auth::Attempt::Accepted => {
@@ -479,7 +494,7 @@ fn login(site: &Site, request: &Request, root: &Path, config: &Config, now: i64)
             }
         }
         auth::Attempt::Refused => login_page(site, config, 403, vec!["Wrong user or password.".into()], None),
-        auth::Attempt::Throttled(wait) => login_page(site, config, 429, Vec::new(), Some(wait)),
+        auth::Attempt::Throttled(lockout) => login_page(site, config, 429, Vec::new(), Some(lockout)),
         auth::Attempt::NoRecord(error) => {
             let text = format!("Logins are off: the record of wrong passwords cannot be kept under cache/ ({error}). Make cache/ writable for the server.");
             login_page(site, config, 503, vec![text], None)

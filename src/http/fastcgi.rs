@@ -961,10 +961,7 @@ fn bind(address: &str) -> io::Result<Listener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{path}: another server is listening there"),
-                ));
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another server is listening there"));
             }
             std::fs::remove_file(path)?;
         }
@@ -986,8 +983,7 @@ pub fn serve_inherited(handler: Arc<dyn Handler>, workers: usize) -> io::Result<
 
 /// Serves FastCGI on `unix:/path` or `HOST:PORT`.
 pub fn serve_listen(address: &str, handler: Arc<dyn Handler>, workers: usize) -> io::Result<()> {
-    let listener =
-        bind(address).map_err(|e| io::Error::new(e.kind(), format!("{address}: {e}")))?;
+    let listener = bind(address).map_err(|e| super::listen_error(address, e))?;
     serve(listener, handler, workers)
 }
 

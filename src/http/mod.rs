@@ -16,6 +16,21 @@ use std::collections::HashMap;
 /// per-mode limits (backups, queries) on top of this.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// A listening socket that cannot be opened, as the operator reads it: the address and what to
+/// do about the usual causes (the bare `os error 98` says neither).
+pub fn listen_error(address: &str, error: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    let reason = match error.kind() {
+        ErrorKind::AddrInUse => "address in use (is another server running?)".to_string(),
+        ErrorKind::PermissionDenied => {
+            "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE; a socket path a writable folder)".to_string()
+        }
+        ErrorKind::AddrNotAvailable => "address not available (no interface of this machine has it)".to_string(),
+        _ => error.to_string(),
+    };
+    std::io::Error::new(error.kind(), format!("cannot listen on {address}: {reason}"))
+}
+
 /// A request as CGI/1.1 describes it: meta-variables (`REQUEST_METHOD`, `QUERY_STRING`,
 /// `SCRIPT_NAME`, `SCRIPT_FILENAME`, `HTTPS`, `SERVER_PORT`, `HTTP_HOST`, `REMOTE_ADDR`,
 /// `HTTP_*`, `SSL_*`, …) and the body.
@@ -176,5 +191,14 @@ mod tests {
             let bytes = String::from_utf8(Response::text(status, "").to_cgi_bytes()).unwrap();
             assert!(!bytes.to_ascii_lowercase().contains("content-length"), "{bytes}");
         }
+    }
+    #[test]
+    fn a_listening_error_names_the_address_and_the_cause() {
+        use std::io::{Error, ErrorKind};
+        let in_use = listen_error("127.0.0.1:8080", Error::from(ErrorKind::AddrInUse));
+        assert_eq!(in_use.to_string(), "cannot listen on 127.0.0.1:8080: address in use (is another server running?)");
+        assert_eq!(in_use.kind(), ErrorKind::AddrInUse);
+        assert!(listen_error("0.0.0.0:80", Error::from(ErrorKind::PermissionDenied)).to_string().contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(listen_error("h:1", Error::other("odd")).to_string(), "cannot listen on h:1: odd");
     }
 }

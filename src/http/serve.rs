@@ -449,7 +449,7 @@ pub fn run_listeners(listens: &[Listen], root: PathBuf, handler: Arc<dyn Handler
             let listener = std::net::TcpListener::bind(&listen.address)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(TcpListener::from_std)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", listen.address)))?;
+                .map_err(|e| super::listen_error(&listen.address, e))?;
             let address = listener.local_addr()?;
             let scheme = if acceptor.is_some() { "https" } else { "http" };
             let client = match listen.tls.as_ref().map(|t| t.client_cert) {
