@@ -204,7 +204,9 @@ impl Handler for App {
         let response = match route {
             Route::Update => self.update(&request, &root),
             Route::Migrate => self.migrate(&request, &root),
-            Route::Admin => crate::admin::handle(&request, &root, self.configs.get(&root), &self.counters),
+            Route::Admin => crate::admin::handle(&request, &root, self.configs.get(&root), &self.counters, &|device, root| {
+                self.answer_device(device, root, Effects::Preview)
+            }),
             Route::Unknown => device_text(404, "# not found\r\n"),
         };
         let poll = route == Route::Update && crate::metrics::is_poll(request.var("QUERY_STRING").unwrap_or(""));

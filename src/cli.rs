@@ -11,6 +11,7 @@ usage:
 ", "  update-server preview [--root DIR] --sn SN --type T [--hwid H] [--ip IP] [--phase P] [--env E]
                         [--prot BUILD] [--boot BUILD] [--user-agent UA] [--mac MAC] [--https]
                         [--cn CN [--issuer CA]] [--url URL] [--query QUERY] [--arg NAME=VALUE]...
+                        [--remote-addr ADDR [--forwarded-for IP]]
                                          the answer a device would get now (standard output,
                                          byte for byte) and what its poll would change
                                          (standard error); nothing is written

@@ -74,17 +74,7 @@ fn run_preview(app: &App, preview: &update_server::preview::PreviewArgs) -> Exit
     if out.write_all(&response.body).and_then(|()| out.flush()).is_err() {
         return ExitCode::FAILURE;
     }
-    if !response.body.ends_with(b"\n") {
-        // the answer's last line has no line end; on a terminal the report starts on its own
-        eprintln!();
-    }
-    eprintln!("# preview: HTTP {} - nothing was written; the poll would change:", response.status);
-    if changes.is_empty() {
-        eprintln!("#   nothing");
-    }
-    for change in &changes {
-        eprintln!("#   {change}");
-    }
+    eprint!("{}", update_server::preview::report(&response.body, response.status, &changes));
     ExitCode::SUCCESS
 }
 

@@ -21,6 +21,9 @@ pub struct PreviewArgs {
     pub issuer: Option<String>,
     /// The address the request comes from (default: `--ip`, else 127.0.0.1).
     pub remote_addr: Option<String>,
+    /// `X-Forwarded-For`: the client behind a reverse proxy (`--remote-addr` is then the proxy;
+    /// only a proxy in `proxies/@trusted` is believed, as for a real poll).
+    pub forwarded_for: Option<String>,
 }
 
 impl PreviewArgs {
@@ -60,6 +63,7 @@ impl PreviewArgs {
                 (None, "--cn") => preview.cn = Some(value()?),
                 (None, "--issuer") => preview.issuer = Some(value()?),
                 (None, "--remote-addr") => preview.remote_addr = Some(value()?),
+                (None, "--forwarded-for") => preview.forwarded_for = Some(value()?),
                 (None, "--root") => root = Some(std::path::PathBuf::from(value()?)),
                 (None, "--https") => preview.https = true,
                 (None, other) => return Err(format!("preview: unknown option '{other}'")),
@@ -121,6 +125,9 @@ impl PreviewArgs {
         if let Some(agent) = &self.user_agent {
             set("HTTP_USER_AGENT", agent.clone());
         }
+        if let Some(client) = &self.forwarded_for {
+            set("HTTP_X_FORWARDED_FOR", client.clone());
+        }
         if let Some(cn) = &self.cn {
             set("SSL_CLIENT_S_DN_CN", cn.clone());
             set("SSL_CLIENT_VERIFY", "SUCCESS".into());
@@ -130,6 +137,84 @@ impl PreviewArgs {
         }
         Ok(Request { vars, body: Vec::new() })
     }
+}
+
+impl PreviewArgs {
+    /// The command line that previews the same device (`update-server preview --root … --url
+    /// …`), every word quoted for a POSIX shell where it needs it.
+    pub fn command_line(&self, root: &std::path::Path) -> String {
+        let mut words: Vec<String> = vec!["update-server".into(), "preview".into(), "--root".into(), root.display().to_string()];
+        words.extend(["--url".into(), self.url.clone()]);
+        let flag_of = |name: &str| match name {
+            "sn" | "type" | "hwid" | "ip" | "phase" | "env" | "mac" => Some(format!("--{name}")),
+            "PROT" => Some("--prot".into()),
+            "BOOT" => Some("--boot".into()),
+            _ => None,
+        };
+        for (name, value) in &self.args {
+            match flag_of(name) {
+                Some(flag) => words.push(flag),
+                None => {
+                    words.push("--arg".into());
+                    words.push(format!("{name}={value}"));
+                    continue;
+                }
+            }
+            words.push(value.clone());
+        }
+        if let Some(query) = &self.query {
+            words.extend(["--query".into(), query.clone()]);
+        }
+        for (flag, value) in [
+            ("--user-agent", &self.user_agent),
+            ("--cn", &self.cn),
+            ("--issuer", &self.issuer),
+            ("--remote-addr", &self.remote_addr),
+            ("--forwarded-for", &self.forwarded_for),
+        ] {
+            if let Some(value) = value {
+                words.extend([flag.to_string(), value.clone()]);
+            }
+        }
+        if self.https && self.url.starts_with("http://") {
+            words.push("--https".into());
+        }
+        words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// A word as a POSIX shell reads it back: bare when it holds only safe characters, else in
+/// single quotes (a quote inside as `'\''`).
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// What `update-server preview` prints on standard error after the answer on standard output:
+/// a line end first when the answer lacks one (on a terminal the report starts on its own
+/// line), its status, and what the poll would change.
+pub fn report(answer: &[u8], status: u16, changes: &[String]) -> String {
+    let mut text = String::new();
+    if !answer.ends_with(b"\n") {
+        text.push('\n');
+    }
+    text.push_str(&format!("# preview: HTTP {status} - nothing was written; the poll would change:\n"));
+    if changes.is_empty() {
+        text.push_str("#   nothing\n");
+    }
+    for change in changes {
+        text.push_str(&format!("#   {change}\n"));
+    }
+    text
+}
+
+/// The whole text of a preview as a terminal shows it (`2>&1`): the answer, then the report.
+pub fn transcript(answer: &[u8], status: u16, changes: &[String]) -> String {
+    String::from_utf8_lossy(answer).into_owned() + &report(answer, status, changes)
 }
 
 #[cfg(test)]
@@ -154,6 +239,35 @@ mod tests {
         assert_eq!((request.var("HTTPS"), request.var("REMOTE_ADDR")), (Some("on"), Some("172.16.4.57")));
         assert_eq!((request.var("SSL_CLIENT_S_DN_CN"), request.var("SSL_CLIENT_I_DN_CN")), (Some("IP232-3e-0c-57"), Some("Device CA")));
         assert!(request.body.is_empty());
+        assert_eq!(
+            preview.command_line(std::path::Path::new("/var/lib/update-server")),
+            "update-server preview --root /var/lib/update-server --url https://up.example.com:444/mtls/update/update.php --sn 00-90-33-3e-0c-57 --type IP232 --hwid IP232-3e-0c-57 --ip 172.16.4.57 --prot 131504 --cn IP232-3e-0c-57 --issuer 'Device CA'"
+        );
+    }
+
+    #[test]
+    fn the_command_line_reads_back_as_the_same_preview() {
+        let preview = PreviewArgs {
+            args: vec![("sn".into(), "x".into()), ("polling".into(), "5".into()), ("env".into(), "it's".into())],
+            user_agent: Some("Cisco/SPA504G-7.6.1 (58BFEA1104E6)(CCQ16380FYH)".into()),
+            url: "http://h/update.php".into(),
+            https: true,
+            remote_addr: Some("10.0.0.2".into()),
+            forwarded_for: Some("172.16.4.57".into()),
+            ..Default::default()
+        };
+        let line = preview.command_line(std::path::Path::new("/r"));
+        assert_eq!(
+            line,
+            "update-server preview --root /r --url http://h/update.php --sn x --arg polling=5 --env 'it'\\''s' --user-agent 'Cisco/SPA504G-7.6.1 (58BFEA1104E6)(CCQ16380FYH)' --remote-addr 10.0.0.2 --forwarded-for 172.16.4.57 --https"
+        );
+        assert_eq!(preview.request().unwrap().var("HTTP_X_FORWARDED_FOR"), Some("172.16.4.57"));
+    }
+
+    #[test]
+    fn the_report_follows_the_answer_on_a_line_of_its_own() {
+        assert_eq!(report(b"# a\r\n", 200, &[]), "# preview: HTTP 200 - nothing was written; the poll would change:\n#   nothing\n");
+        assert_eq!(transcript(b"<x/>", 200, &["a".into(), "b".into()]), "<x/>\n# preview: HTTP 200 - nothing was written; the poll would change:\n#   a\n#   b\n");
     }
 
     #[test]

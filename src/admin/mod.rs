@@ -11,6 +11,7 @@ pub mod filter;
 pub mod fleet;
 pub mod hops;
 pub mod pages;
+pub mod preview;
 pub mod session;
 pub mod status;
 pub mod templates;
@@ -95,6 +96,14 @@ impl Site {
     /// Whether credentials and session cookies may travel on this connection.
     pub fn channel_ok(&self) -> bool {
         self.https || self.quick_start
+    }
+
+    /// The host the browser named, without a port (`[v6]` kept in brackets).
+    pub fn host_name(&self) -> String {
+        match self.host.strip_prefix('[') {
+            Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or("")),
+            None => self.host.split(':').next().unwrap_or("").to_string(),
+        }
     }
 
     pub fn admin_path(&self) -> String {
@@ -282,8 +291,18 @@ fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
     response
 }
 
+/// What `update.php` would answer a device's request on a root, and what it would change,
+/// with nothing written (the application's `preview`, which the admin page cannot reach itself).
+pub type Previewer<'a> = &'a dyn Fn(&Request, &Path) -> (Response, Vec<String>);
+
 /// Answers `admin/admin.php`.
-pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, ConfigError>, counters: &crate::metrics::Counters) -> Response {
+pub fn handle(
+    request: &Request,
+    root: &Path,
+    config: Result<Arc<Config>, ConfigError>,
+    counters: &crate::metrics::Counters,
+    previewer: Previewer,
+) -> Response {
     let site = Site::of(request, 1);
     let config = match config {
         Ok(config) => config,
@@ -324,6 +343,7 @@ pub fn handle(request: &Request, root: &Path, config: Result<Arc<Config>, Config
         "export" => fleet::export(root, &config, site.arg("format"), now),
         "show" => render(200, &pages::show(root, &config, &page("Configuration", Some(&config), Some(session)), now)),
         "info" => render(200, &pages::info(&site, &config, &page("Add new device", Some(&config), Some(session)))),
+        "preview" => preview_page(&site, root, &config, session, previewer),
         _ => {
             let page = page("Unknown page", Some(&config), Some(session));
             render(404, &templates::MessagePage { page: &page, heading: "Unknown page".into(), text: "This page does not exist; use the links above.".into() })
@@ -387,6 +407,55 @@ fn status_page(site: &Site, root: &Path, config: &Config, session: &Session, now
     render(200, &templates::StatusPage { page: &page, cols: &cols, rows: &rows, shown, total, filter: filter_text, notice, pager })
 }
 
+/// A device's Preview: GET only, it changes nothing (the state is read, never locked).
+fn preview_page(site: &Site, root: &Path, config: &Config, session: &Session, previewer: Previewer) -> Response {
+    if site.method != "GET" && site.method != "HEAD" {
+        return html(405, "<!DOCTYPE html><title>405</title><p>A preview is a GET: use the Preview link of the status page.</p>".into());
+    }
+    let page = page("Preview", Some(config), Some(session));
+    let sn = site.arg("sn").filter(|sn| crate::device::is_serial(sn)).map(crate::device::canonical_serial);
+    let mut template = templates::PreviewPage {
+        page: &page,
+        sn: sn.clone().unwrap_or_default(),
+        error: None,
+        values: Vec::new(),
+        notes: Vec::new(),
+        next_phase: None,
+        command: String::new(),
+        transcript: String::new(),
+    };
+    let poll = match (&sn, &config.status) {
+        (None, _) => Err("No device: the preview needs the serial number of a device (sn=).".to_string()),
+        (Some(_), None) => Err(format!("Device state tracking is off: add <status dir=\"status\"/> to {}.", config.user_file)),
+        (Some(sn), Some(status)) => {
+            let mut buffer = Vec::new();
+            match status::read_state(&root.join(&status.dir).join(format!("{sn}.xml")), &mut buffer) {
+                Ok(doc) => {
+                    let host_name = site.host_name();
+                    preview::device_poll(tree::Node::of(doc.root_element()), sn, site.arg("phase"), config, &host_name, &site.install_path)
+                }
+                Err(error) => Err(format!("Cannot read the state of this device: {error}")),
+            }
+        }
+    };
+    let status = match poll.and_then(|poll| poll.args.request().map(|request| (poll, request))) {
+        Ok((poll, request)) => {
+            let (response, changes) = previewer(&request, root);
+            template.transcript = crate::preview::transcript(&response.body, response.status, &changes);
+            template.command = poll.args.command_line(root);
+            template.values = poll.values;
+            template.notes = poll.notes;
+            template.next_phase = poll.next_phase;
+            200
+        }
+        Err(error) => {
+            template.error = Some(error);
+            404
+        }
+    };
+    render(status, &template)
+}
+
 fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>, lockout: Option<auth::Lockout>) -> Response {
     let page = page("Log in", Some(config), None);
     let mut notices = Vec::new();
@@ -413,11 +482,7 @@ fn login_page(site: &Site, config: &Config, status: u16, mut errors: Vec<String>
         form = false;
         notices.push("Credentials are accepted over HTTPS only.".into());
         // the same host name, without the plain-HTTP port
-        let name = match site.host.strip_prefix('[') {
-            Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or("")),
-            None => site.host.split(':').next().unwrap_or("").to_string(),
-        };
-        https_url = Some(format!("https://{name}{}", site.admin_path()));
+        https_url = Some(format!("https://{}{}", site.host_name(), site.admin_path()));
     }
     if let Some(lockout) = lockout {
         form = false;

@@ -386,7 +386,7 @@ pub fn single_row(root: &Path, config: &Config, sn: &str, now: i64, detail: bool
 
 /// Reads (into `buffer`, reused from file to file) and parses a state file; one beyond the
 /// limits of a state file is not read (its row says why, and Delete removes it).
-fn read_state<'b>(path: &Path, buffer: &'b mut Vec<u8>) -> Result<roxmltree::Document<'b>, String> {
+pub fn read_state<'b>(path: &Path, buffer: &'b mut Vec<u8>) -> Result<roxmltree::Document<'b>, String> {
     use std::io::Read;
     buffer.clear();
     let limit = crate::xml::Limits::STATE.bytes as u64;

@@ -108,6 +108,23 @@ pub struct InfoPage<'a> {
     pub error: Option<String>,
 }
 
+/// A device's Preview (`mode=preview`).
+#[derive(Template)]
+#[template(path = "preview.html", config = "src/admin/askama.toml")]
+pub struct PreviewPage<'a> {
+    pub page: &'a Page,
+    pub sn: String,
+    /// Why there is no preview.
+    pub error: Option<String>,
+    pub values: Vec<super::preview::Value>,
+    pub notes: Vec<String>,
+    pub next_phase: Option<String>,
+    /// `update-server preview …` for the same device.
+    pub command: String,
+    /// What that command prints: the answer, then the changes.
+    pub transcript: String,
+}
+
 #[derive(Template)]
 #[template(path = "message.html", config = "src/admin/askama.toml")]
 pub struct MessagePage<'a> {

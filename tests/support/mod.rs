@@ -652,3 +652,41 @@ pub fn connect_when_up<S>(connect: impl Fn() -> std::io::Result<S>) -> S {
     }
     panic!("the server did not come up");
 }
+
+/// Logs in as the admin fixture's admin over HTTPS (CGI); returns the `Cookie` header value.
+pub fn admin_session(root: &Path) -> String {
+    let ctx = CgiContext { port: 443, ..CgiContext::default() };
+    let body = format!("user=admin&pw={ADMIN_PASSWORD}");
+    let extra = [("HTTPS", "on"), ("CONTENT_TYPE", "application/x-www-form-urlencoded")];
+    let answer = cgi_request(root, &ctx, "POST", "admin/admin.php", "", body.as_bytes(), &extra);
+    assert_eq!(answer.status, 303, "login: {}", answer.body);
+    header_values(&answer, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("update_admin=") && !c.contains("Max-Age=0"))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
+/// The text of HTML-escaped content as a browser shows it (the entities askama writes).
+pub fn html_text(escaped: &str) -> String {
+    escaped
+        .replace("&lt;", "<")
+        .replace("&#60;", "<")
+        .replace("&gt;", ">")
+        .replace("&#62;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+        .replace("&#38;", "&")
+}
+
+/// The content of the first element that starts with `open` (e.g. `<pre class="x">`), still
+/// escaped; panics when there is none.
+pub fn element_text<'a>(html: &'a str, open: &str, close: &str) -> &'a str {
+    let start = html.find(open).unwrap_or_else(|| panic!("no {open} in {html}")) + open.len();
+    let end = html[start..].find(close).unwrap_or_else(|| panic!("no {close} after {open}")) + start;
+    &html[start..end]
+}
