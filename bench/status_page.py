@@ -4,7 +4,10 @@
 
 Three views are measured: the page as it opens (the first 500 devices; longer lists are paged),
 a filter (every state file read and matched; all devices match here, the first 500 shown), and
-every device on one page (`page=all`, the old page's behaviour).
+every device on one page (`page=all`, the old page's behaviour); then the fleet metrics
+(`mode=metrics`: every state file read and summed up, no `show` columns) and the inventory
+export as the page's CSV download (`mode=export&format=csv`: every row with its `show` columns,
+one file at a time). For these two the rows column counts the devices they name.
 
 For each size, a temporary install root gets config.xml, a user file (status, backups,
 certificates and two XPath `show` columns), and N generated state files shaped like real ones
@@ -52,6 +55,8 @@ VIEWS = [
     ("first page", "mode=status"),
     ("filter 'present ip232 172.16.*'", "mode=status&filter=present+ip232+172.16.*"),
     ("all on one page", "mode=status&page=all"),
+    ("metrics", "mode=metrics"),
+    ("export (CSV download)", "mode=export&format=csv"),
 ]
 
 USER_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
@@ -201,6 +206,16 @@ def cgi(binary, root, method, query, body=b"", extra=None):
     return elapsed, head.decode("latin-1"), page
 
 
+def devices_named(query, page):
+    """How many devices an answer names: status rows, the metrics' device count, CSV records."""
+    if query == "mode=metrics":
+        line = next(l for l in page.split(b"\n") if l.startswith(b"update_server_devices "))
+        return int(line.split()[1])
+    if query.startswith("mode=export"):
+        return page.count(b"\r\n") - 1
+    return page.count(b'<tr id="device-')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000")
@@ -233,7 +248,7 @@ def main():
                     if not head.startswith("Status: 200"):
                         sys.exit("status page failed:\n" + head)
                     times.append(elapsed * 1000)
-                rows = page.count(b'<tr id="device-')
+                rows = devices_named(query, page)
                 cpu = statistics.median(CPU) * 1000
                 line = "| %d | %s | %.0f | %.0f | %.0f | %.0f | %d |" % (n, what, statistics.median(times), min(times), cpu, len(page) / 1024, rows)
                 print(line, flush=True)
