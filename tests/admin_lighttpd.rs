@@ -8,44 +8,15 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use support::*;
 
 const PREFIX: &str = "/update";
 
-fn lighttpd_conf(port: u16, tmp: &Path, root: &Path, pem: &Path) -> String {
-    format!(
-        r#"server.document-root = "{docroot}"
-server.bind = "127.0.0.1"
-server.port = {port}
-server.errorlog = "{tmp}/lighttpd-error.log"
-server.modules = ( "mod_access", "mod_alias", "mod_fastcgi", "mod_openssl" )
-ssl.engine = "enable"
-ssl.pemfile = "{pem}"
-mimetype.assign = ( ".css" => "text/css", ".js" => "text/javascript", ".txt" => "text/plain" )
-{deployment}"#,
-        deployment = deployment_block(PREFIX, root, &tmp.join("update-server.sock"), 2, true),
-        docroot = tmp.join("htdocs").display(),
-        tmp = tmp.display(),
-        pem = pem.display(),
-    )
-}
-
-/// curl against the site: `args` after the common ones; status code and body.
+/// curl against the site with a cookie jar: `args` after the common ones; status code and body.
 fn curl(port: u16, jar: &Path, args: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}", "-b"])
-        .arg(jar)
-        .arg("-c")
-        .arg(jar)
-        .args(args)
-        .arg("--resolve")
-        .arg(format!("update.example.com:{port}:127.0.0.1"))
-        .output()
-        .expect("curl is installed (tools/test installs it)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let jar = jar.to_str().expect("a UTF-8 path");
+    let all: Vec<&str> = ["-b", jar, "-c", jar].iter().chain(args).copied().collect();
+    curl_site(port, &all)
 }
 
 #[test]
@@ -54,23 +25,10 @@ fn admin_page_over_https_through_lighttpd_and_fastcgi() {
     let root = tmp.path().join("root");
     copy_install_tree(&root);
     write_admin_fixture(&root, ADMIN_PASSWORD);
-    fs::create_dir_all(tmp.path().join("htdocs")).unwrap();
-    let pem = tmp.path().join("server.pem");
-    let key = tmp.path().join("key.pem");
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=update.example.com", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&pem)
-        .output()
-        .expect("openssl is installed (tools/test installs it)");
-    assert!(made.status.success());
-    let mut both = fs::read(&pem).unwrap();
-    both.extend(fs::read(&key).unwrap());
-    fs::write(&pem, both).unwrap();
+    let pem = self_signed_pem(tmp.path());
     let port = free_port();
     let conf = tmp.path().join("lighttpd.conf");
-    fs::write(&conf, lighttpd_conf(port, tmp.path(), &root, &pem)).unwrap();
+    fs::write(&conf, https_lighttpd_conf(port, tmp.path(), &root, &pem, PREFIX, 2)).unwrap();
     let server = Lighttpd::start(&conf, port, &tmp.path().join("lighttpd-error.log"));
     let jar = tmp.path().join("cookies.txt");
     let base = format!("https://update.example.com:{port}{PREFIX}");

@@ -449,3 +449,63 @@ fn check_knows_the_metrics_token_and_warns_of_a_short_one() {
     let (ok, findings) = check("two words");
     assert!(!ok && findings.contains("error: status/@metricstoken: the metrics token holds characters"), "{findings}");
 }
+
+/// curl over HTTPS to lighttpd with `headers`: status code and body.
+fn curl(port: u16, url: &str, headers: &[&str]) -> (u16, String) {
+    let args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).chain([url]).collect();
+    curl_site(port, &args)
+}
+
+#[test]
+fn metrics_behind_lighttpd_get_the_token_and_keep_counting_in_the_fastcgi_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    metrics_fleet(&root);
+    let pem = self_signed_pem(tmp.path());
+    let port = free_port();
+    let conf = tmp.path().join("lighttpd.conf");
+    // one backend: its counters are the server's
+    std::fs::write(&conf, https_lighttpd_conf(port, tmp.path(), &root, &pem, "/update", 1)).unwrap();
+    let server = Lighttpd::start(&conf, port, &tmp.path().join("lighttpd-error.log"));
+    let base = format!("https://update.example.com:{port}/update");
+    let metrics = format!("{base}/admin/admin.php?mode=metrics");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+
+    let (code, body) = curl(port, &metrics, &["Authorization: Bearer wrong"]);
+    assert_eq!(code, 401, "{body}\n{}", server.logs());
+    for _ in 0..2 {
+        let (code, body) = curl(port, &format!("{base}/update.php?{DEVICE_QUERY}"), &[]);
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = curl(port, &metrics, &[&bearer]);
+    assert_eq!(code, 200, "lighttpd hands the Authorization header on: {body}\n{}", server.logs());
+    let first = samples(&body);
+    assert_eq!(first.get("update_server_devices_by_type{type=\"SPA504G\"}"), Some(&1.0));
+    assert_eq!(first.get("update_server_polls_total"), Some(&2.0), "{body}");
+    assert_eq!(first.get("update_server_request_duration_seconds_count{script=\"admin\"}"), Some(&1.0), "the refused scrape");
+    let (_, body) = curl(port, &metrics, &[&bearer]);
+    let second = samples(&body);
+    assert_eq!(second.get("update_server_request_duration_seconds_count{script=\"admin\"}"), Some(&2.0), "the same process counts on");
+    assert_eq!(second.get("update_server_process_start_time_seconds"), first.get("update_server_process_start_time_seconds"));
+}
+
+#[test]
+fn under_cgi_the_token_needs_https_and_the_counters_are_the_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    metrics_fleet(&root);
+    let ctx = CgiContext { server_software: "lighttpd/1.4.69".into(), remote_addr: "172.16.0.5".into(), ..CgiContext::default() };
+    let bearer = format!("Bearer {TOKEN}");
+    let poll = cgi_get(&root, &ctx, "update.php", DEVICE_QUERY);
+    assert_eq!(poll.status, 200);
+    // plain HTTP from another machine: a token would travel in the clear
+    let plain = cgi_request(&root, &ctx, "GET", "admin/admin.php", "mode=metrics", b"", &[("HTTP_AUTHORIZATION", &bearer)]);
+    assert_eq!(plain.status, 403, "{}", plain.body);
+    assert!(!plain.body.contains("update_server_"));
+    let https = cgi_request(&root, &ctx, "GET", "admin/admin.php", "mode=metrics", b"", &[("HTTP_AUTHORIZATION", &bearer), ("HTTPS", "on")]);
+    assert_eq!(https.status, 200, "{}", https.body);
+    let counted = samples(&https.body);
+    assert_eq!(counted.get("update_server_devices"), Some(&7.0), "the fleet is right under CGI too");
+    assert_eq!(counted.get("update_server_polls_total"), Some(&0.0), "the poll was another process");
+    assert!(https.body.contains("under CGI this is always that one request"), "HELP says so");
+}

@@ -602,6 +602,61 @@ pub fn write_admin_fixture(root: &Path, password: &str) {
     write_old_file(root, "certs/00-90-33-3e-0c-57-request.p10.der", "0");
 }
 
+/// A self-signed certificate for `update.example.com` and its key in one PEM file in `dir`, as
+/// lighttpd's `ssl.pemfile` takes it.
+pub fn self_signed_pem(dir: &Path) -> PathBuf {
+    let (pem, key) = (dir.join("server.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=update.example.com", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .expect("openssl is installed (tools/test installs it)");
+    assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+    let mut both = fs::read(&pem).expect("the certificate");
+    both.extend(fs::read(&key).expect("the key"));
+    fs::write(&pem, both).expect("writing the PEM file");
+    pem
+}
+
+/// curl against `update.example.com:port` on 127.0.0.1 over HTTPS (a self-signed certificate
+/// is accepted), `args` after the common ones; status code and body.
+pub fn curl_site(port: u16, args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg("--resolve")
+        .arg(format!("update.example.com:{port}:127.0.0.1"))
+        .output()
+        .expect("curl is installed (tools/test installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A lighttpd on 127.0.0.1:`port` over HTTPS with `pem` that deploys the binary under `prefix`
+/// as [`deployment_block`] does, `max_procs` FastCGI backends, `www/` and logs in `tmp`
+/// (`htdocs/` its document root).
+pub fn https_lighttpd_conf(port: u16, tmp: &Path, root: &Path, pem: &Path, prefix: &str, max_procs: u32) -> String {
+    fs::create_dir_all(tmp.join("htdocs")).expect("creating the document root");
+    format!(
+        r#"server.document-root = "{docroot}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{tmp}/lighttpd-error.log"
+server.modules = ( "mod_access", "mod_alias", "mod_fastcgi", "mod_openssl" )
+ssl.engine = "enable"
+ssl.pemfile = "{pem}"
+mimetype.assign = ( ".css" => "text/css", ".js" => "text/javascript", ".txt" => "text/plain" )
+{deployment}"#,
+        deployment = deployment_block(prefix, root, &tmp.join("update-server.sock"), max_procs, true),
+        docroot = tmp.join("htdocs").display(),
+        tmp = tmp.display(),
+        pem = pem.display(),
+    )
+}
+
 /// The part of a lighttpd configuration that deploys the binary under `prefix`, exactly as the
 /// README's "Deploying under lighttpd" shows it: data, snippets and configuration denied to
 /// static serving, the three scripts handed to one FastCGI binary spawned with `bin-path`.
