@@ -42,7 +42,8 @@ impl Stamp {
 
 struct Listing {
     stamp: Stamp,
-    names: HashSet<String>,
+    /// Shared with the polls that use it, so a poll does not copy the folder's listing.
+    names: Arc<HashSet<String>>,
 }
 
 struct Cached {
@@ -50,10 +51,26 @@ struct Cached {
     snippet: Snippet,
 }
 
+/// A snippet set whose CHECK signature was computed: the contents are the very ones the cache
+/// handed out (compared by identity, which a changed file never shares: its new content is a
+/// new allocation while this entry keeps the old one alive).
+struct Signed {
+    pre: Vec<String>,
+    contents: Vec<Arc<Vec<u8>>>,
+    post: Vec<String>,
+    signature: String,
+}
+
+/// The most snippet sets whose signatures are kept: a fleet has a set per combination of
+/// classes, environments and device-specific files in use, usually a handful; when a tree with
+/// many device-specific snippets fills the list it starts again empty.
+const MAX_SIGNED_SETS: usize = 256;
+
 #[derive(Default)]
 pub struct FileCache {
     listings: Mutex<HashMap<PathBuf, Listing>>,
     files: Mutex<HashMap<PathBuf, Cached>>,
+    signatures: Mutex<Vec<Signed>>,
 }
 
 impl FileCache {
@@ -67,25 +84,56 @@ impl FileCache {
             .collect()
     }
 
+    /// The CHECK signature of `pre`, `contents` (as [`FileCache::existing`] gave them) and
+    /// `post`, hashed once per snippet set and remembered while its files are unchanged.
+    pub fn check_signature(&self, pre: &[String], contents: &[&Arc<Vec<u8>>], post: &[String]) -> String {
+        let same = |signed: &&Signed| {
+            signed.pre == pre
+                && signed.post == post
+                && signed.contents.len() == contents.len()
+                && signed.contents.iter().zip(contents).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if let Ok(signatures) = self.signatures.lock() {
+            if let Some(signed) = signatures.iter().find(same) {
+                return signed.signature.clone();
+            }
+        }
+        let signature = crate::script::snippets::check_signature(pre, contents.iter().map(|c| c.as_slice()), post);
+        if let Ok(mut signatures) = self.signatures.lock() {
+            if signatures.len() >= MAX_SIGNED_SETS {
+                signatures.clear();
+            }
+            signatures.push(Signed {
+                pre: pre.to_vec(),
+                contents: contents.iter().map(|c| Arc::clone(c)).collect(),
+                post: post.to_vec(),
+                signature: signature.clone(),
+            });
+        }
+        signature
+    }
+
     /// The names in `dir`, from the cache while the folder is unchanged; None when the folder
     /// cannot be listed (then every candidate is looked at directly).
-    fn names_in(&self, dir: &Path) -> Option<HashSet<String>> {
+    fn names_in(&self, dir: &Path) -> Option<Arc<HashSet<String>>> {
         let meta = std::fs::metadata(dir).ok()?;
         let stamp = Stamp::of(&meta);
         if let Ok(listings) = self.listings.lock() {
             if let Some(listing) = listings.get(dir).filter(|l| l.stamp == stamp) {
-                return Some(listing.names.clone());
+                return Some(Arc::clone(&listing.names));
             }
         }
         let read_at = SystemTime::now();
-        let names: HashSet<String> = std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let names: Arc<HashSet<String>> = Arc::new(
+            std::fs::read_dir(dir)
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+        );
         if stamp.settled_at(read_at) {
             if let Ok(mut listings) = self.listings.lock() {
-                listings.insert(dir.to_path_buf(), Listing { stamp, names: names.clone() });
+                listings.insert(dir.to_path_buf(), Listing { stamp, names: Arc::clone(&names) });
             }
         }
         Some(names)
@@ -114,6 +162,29 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_is_remembered_for_the_same_contents_only() {
+        let cache = FileCache::default();
+        let (one, two) = (Arc::new(b"config add A\n".to_vec()), Arc::new(b"config add B\n".to_vec()));
+        let expected = crate::script::snippets::check_signature(&[], [one.as_slice(), two.as_slice()], &[]);
+        assert_eq!(cache.check_signature(&[], &[&one, &two], &[]), expected);
+        assert_eq!(cache.check_signature(&[], &[&one, &two], &[]), expected, "from the list");
+        assert_eq!(cache.signatures.lock().unwrap().len(), 1);
+        // equal bytes in another allocation (a file read again) and other lines: hashed anew
+        let again = Arc::new(two.to_vec());
+        assert_eq!(cache.check_signature(&[], &[&one, &again], &[]), expected);
+        let changed = Arc::new(b"config add C\n".to_vec());
+        let other = crate::script::snippets::check_signature(&[], [one.as_slice(), changed.as_slice()], &[]);
+        assert_eq!(cache.check_signature(&[], &[&one, &changed], &[]), other);
+        let pre = vec!["mod cmd X".to_string()];
+        assert_ne!(cache.check_signature(&pre, &[&one, &two], &[]), expected);
+        assert_eq!(cache.signatures.lock().unwrap().len(), 4);
+        for _ in 0..MAX_SIGNED_SETS {
+            cache.check_signature(&[], &[&Arc::new(b"x".to_vec())], &[]);
+        }
+        assert!(cache.signatures.lock().unwrap().len() <= MAX_SIGNED_SETS, "bounded");
+    }
 
     fn age(path: &Path, seconds: u64) {
         let file = std::fs::File::options().write(true).open(path).unwrap();

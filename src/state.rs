@@ -32,6 +32,14 @@ pub fn render(state: &Element) -> String {
     state.to_document_with(LAYOUT)
 }
 
+/// [`render`] into a buffer sized for a state like the one on disk (a poll adds a line or
+/// two), so writing it does not grow the buffer step by step.
+fn render_like(state: &Element, on_disk: &str) -> String {
+    let mut out = String::with_capacity(on_disk.len() + 512);
+    state.write_document(&mut out, LAYOUT);
+    out
+}
+
 /// Why the state file on disk could not be used; the request goes on with a fresh state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
@@ -155,7 +163,7 @@ impl LockedState {
     /// old one, so a reader or a crash never sees a half-written file. A state larger than the
     /// size limit is not written at all.
     pub fn save(mut self) -> Result<(), SaveError> {
-        let document = render(&self.state);
+        let document = render_like(&self.state, &self.on_disk);
         if document.len() > self.size_limit {
             return Err(SaveError::TooLarge { bytes: document.len(), limit: self.size_limit });
         }

@@ -7,7 +7,6 @@
 //! tree walk it with an explicit stack. A client controls the shape of a query answer, and a
 //! stack overflow cannot be caught — it aborts the whole process with every request in it.
 
-use std::fmt::Write as _;
 
 /// The most a document may be, checked before anything is built from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +169,10 @@ pub fn parse_document<'a>(text: &'a str, limits: &Limits, allow_dtd: bool) -> Re
 /// poll would set the device's whole state aside. Such a document is refused instead. Elements
 /// carry a handful of attributes, so the quadratic check is cheap.
 fn repeated_local_name<'a>(node: roxmltree::Node<'a, '_>) -> Option<&'a str> {
-    let attributes: Vec<roxmltree::Attribute> = node.attributes().collect();
-    attributes
-        .iter()
+    // no list of the attributes is built: this runs for every element of every state file read
+    node.attributes()
         .enumerate()
-        .find(|(i, a)| attributes[..*i].iter().any(|b| b.name() == a.name()))
+        .find(|(i, a)| node.attributes().take(*i).any(|b| b.name() == a.name()))
         .map(|(_, a)| a.name())
 }
 
@@ -428,9 +426,15 @@ impl Element {
 
     /// The document form, with an XML declaration, laid out as `layout` says.
     pub fn to_document_with(&self, layout: Layout) -> String {
-        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        self.write_to(&mut out, layout);
+        let mut out = String::new();
+        self.write_document(&mut out, layout);
         out
+    }
+
+    /// [`Element::to_document_with`], appended to `out`.
+    pub fn write_document(&self, out: &mut String, layout: Layout) {
+        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        self.write_to(out, layout);
     }
 
     /// Writes the tree with an explicit stack (no recursion): an element is opened when it is
@@ -456,7 +460,11 @@ impl Element {
                     out.push('<');
                     out.push_str(&element.name);
                     for (k, v) in &element.attrs {
-                        let _ = write!(out, " {k}=\"{}\"", escape(v, true));
+                        out.push(' ');
+                        out.push_str(k);
+                        out.push_str("=\"");
+                        escape_into(out, v, true);
+                        out.push('"');
                     }
                     let text = element.text.trim();
                     if element.children.is_empty() && text.is_empty() {
@@ -467,7 +475,7 @@ impl Element {
                         continue;
                     }
                     out.push('>');
-                    out.push_str(&escape(text, false));
+                    escape_into(out, text, false);
                     if element.children.is_empty() {
                         steps.push(Step::Close(element, depth));
                         continue;
@@ -482,7 +490,9 @@ impl Element {
                     if !element.children.is_empty() && on_own_line(depth + 1) {
                         indent(out, depth);
                     }
-                    let _ = write!(out, "</{}>", element.name);
+                    out.push_str("</");
+                    out.push_str(&element.name);
+                    out.push('>');
                     if on_own_line(depth) {
                         out.push('\n');
                     }
@@ -506,22 +516,33 @@ impl Element {
 /// Escapes text for XML content or (with `attribute`) a double-quoted attribute value.
 pub fn escape(text: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if attribute => out.push_str("&quot;"),
-            '\n' if attribute => out.push_str("&#10;"),
-            '\r' if attribute => out.push_str("&#13;"),
-            '\t' if attribute => out.push_str("&#9;"),
+    escape_into(&mut out, text, attribute);
+    out
+}
+
+/// [`escape`], appended to `out`. Runs of characters that need nothing are copied as one
+/// slice: state files are written on every poll and almost all of their text is plain.
+pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
+    let mut plain_from = 0;
+    for (at, c) in text.char_indices() {
+        let replacement = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            '"' if attribute => "&quot;",
+            '\n' if attribute => "&#10;",
+            '\r' if attribute => "&#13;",
+            '\t' if attribute => "&#9;",
             // characters XML 1.0 cannot carry at all are dropped rather than producing a file
             // nobody can read back
-            c if !is_xml_char(c) => {}
-            c => out.push(c),
-        }
+            c if !is_xml_char(c) => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain_from..at]);
+        out.push_str(replacement);
+        plain_from = at + c.len_utf8();
     }
-    out
+    out.push_str(&text[plain_from..]);
 }
 
 /// Whether XML 1.0 can carry the character at all.

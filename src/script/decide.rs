@@ -33,6 +33,11 @@ pub trait Lookups {
         environment: &[(String, String)],
         timeout: std::time::Duration,
     ) -> Result<crate::dynamic::Lines, String>;
+    /// The CHECK signature of `pre`, the files and `post` ([`snippets::check_signature`]); a
+    /// long-running server remembers it per snippet set instead of hashing on every poll.
+    fn check_signature(&mut self, pre: &[String], files: &[SnippetFile], post: &[String]) -> String {
+        snippets::check_signature(pre, files.iter().map(|f| f.content.as_slice()), post)
+    }
 }
 
 /// How the poll ends for the device's state file.
@@ -381,7 +386,7 @@ impl Poll<'_> {
 
         // step 19: CHECK, only once the device is in its last phase
         let signature = if next_phase.is_none() && config.times.check {
-            let signature = snippets::check_signature(&pre, files.iter().map(|f| f.content.as_slice()), &post);
+            let signature = self.lookups.check_signature(&pre, &files, &post);
             if call.arg("CHECK") == Some(signature.as_str()) {
                 // the steady state of every provisioned device: a comment, not a log entry
                 self.script.comment(format!("CHECK {signature} matches - scripts already executed, nothing to deliver"));

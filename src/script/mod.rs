@@ -301,6 +301,11 @@ impl Lookups for Disk<'_> {
         crate::net::reverse_lookup(ip)
     }
 
+    fn check_signature(&mut self, pre: &[String], files: &[SnippetFile], post: &[String]) -> String {
+        let contents: Vec<&std::sync::Arc<Vec<u8>>> = files.iter().map(|f| &f.content).collect();
+        self.file_cache.check_signature(pre, &contents, post)
+    }
+
     fn master_builds(&mut self, master: &Master) -> Result<((String, String), crate::master::Source), String> {
         if self.master_from_cache_only {
             crate::master::builds_from_cache(self.root, master, self.call.now)

@@ -9,7 +9,9 @@ pub struct Script {
 
 impl Script {
     pub fn new() -> Script {
-        Script::default()
+        // a steady answer is one to two KB: grown once or not at all instead of doubling
+        // from nothing
+        Script { text: String::with_capacity(2048), notes: Vec::new() }
     }
 
     /// A line for people reading the answer; devices ignore it.
