@@ -36,7 +36,8 @@ pub fn urldecode(text: &str, plus_is_space: bool) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    // valid UTF-8 (every device's query) keeps the buffer as the string: one allocation
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn hex(byte: u8) -> Option<u8> {

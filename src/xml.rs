@@ -366,22 +366,28 @@ impl Element {
     }
 
     /// Sets an attribute; an empty value removes it, as the old server's state files show.
-    pub fn set_attr(&mut self, name: &str, value: impl Into<String>) {
-        let value = value.into();
-        if value.is_empty() {
+    /// A value equal to the present one is left in place: a poll sets most of a device's
+    /// attributes to what they already are, and that should cost no allocation.
+    pub fn set_attr<V: AsRef<str> + Into<String>>(&mut self, name: &str, value: V) {
+        if value.as_ref().is_empty() {
             self.remove_attr(name);
             return;
         }
         match self.attrs.iter_mut().find(|(k, _)| k == name) {
-            Some((_, v)) => *v = value,
-            None => self.attrs.push((name.to_string(), value)),
+            Some((_, v)) if v.as_str() == value.as_ref() => {}
+            Some((_, v)) => *v = value.into(),
+            None => self.attrs.push((name.to_string(), value.into())),
         }
     }
 
     /// Sets an attribute even to the empty string (configuration merging keeps empty values).
     pub fn put_attr(&mut self, name: &str, value: &str) {
         match self.attrs.iter_mut().find(|(k, _)| k == name) {
-            Some((_, v)) => *v = value.to_string(),
+            Some((_, v)) if v == value => {}
+            Some((_, v)) => {
+                v.clear();
+                v.push_str(value);
+            }
             None => self.attrs.push((name.to_string(), value.to_string())),
         }
     }

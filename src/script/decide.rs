@@ -199,7 +199,7 @@ impl Poll<'_> {
             }
         };
         state::device(self.state).set_attr("environments", environments.join(", "));
-        self.script.comment(format!(
+        self.script.comment_args(format_args!(
             "phase: {}, nextphase: {}, environment: {}, type: {device_type}, classes: {}",
             phase.id,
             next_phase.map_or("", |p| p.id.as_str()),
@@ -222,14 +222,14 @@ impl Poll<'_> {
         let dir = &config.times.dir;
         let names = snippets::configured_candidates(config, "txt", &phase.files_of, &classes, serial, &environments);
         let files = self.lookups.snippet_files(dir, &names);
-        self.script.comment(format!("existing files (from {dir}):"));
+        self.script.comment_args(format_args!("existing files (from {dir}):"));
         for file in &files {
-            self.script.comment(format!("> {}: {}", file.display_name, age_text(now - file.mtime)));
+            self.script.comment_args(format_args!("> {}: {}", file.display_name, age_text(now - file.mtime)));
         }
         self.script.blank();
-        self.script.comment(format!("possible further files (from {dir}):"));
+        self.script.comment_args(format_args!("possible further files (from {dir}):"));
         for name in names.iter().filter(|n| !files.iter().any(|f| &f.name == *n)) {
-            self.script.comment(format!("{dir}/{name}"));
+            self.script.comment_args(format_args!("{dir}/{name}"));
         }
         self.script.blank();
 
@@ -238,7 +238,7 @@ impl Poll<'_> {
         let force_https = config.times.forcehttps || config.times.forcetrust;
         match &config.backup {
             Some(backup) if force_https && !call.https => {
-                self.script.comment(format!("backups via {} suppressed: forcehttps is on and this is plain HTTP", backup.scfg))
+                self.script.comment_args(format_args!("backups via {} suppressed: forcehttps is on and this is plain HTTP", backup.scfg))
             }
             Some(backup) => self.script.command(format!("mod cmd UP0 scfg {}", call.absolute(&backup.scfg))),
             None => self.script.comment("Backups not enabled in config"),
@@ -248,7 +248,7 @@ impl Poll<'_> {
         // step 10: grace period, so that a half-edited set of snippets never reaches a device
         if let Some(newest) = files.iter().max_by_key(|f| f.mtime) {
             let age = now - newest.mtime;
-            self.script.comment(format!("newest script ({}) {age}s old", newest.display_name));
+            self.script.comment_args(format_args!("newest script ({}) {age}s old", newest.display_name));
             if age < config.times.grace {
                 self.script.note(format!(
                     "files being updated ({} {age}s old, waiting for at least {}s to expire)",
@@ -389,7 +389,7 @@ impl Poll<'_> {
             let signature = self.lookups.check_signature(&pre, &files, &post);
             if call.arg("CHECK") == Some(signature.as_str()) {
                 // the steady state of every provisioned device: a comment, not a log entry
-                self.script.comment(format!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
+                self.script.comment_args(format_args!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
                 self.rewrite_if_needed(false);
                 return Ok(self.finish());
             }
@@ -402,12 +402,12 @@ impl Poll<'_> {
         self.script.commands(&pre);
         for file in &files {
             self.script.blank();
-            self.script.comment(format!("    {}", file.display_name));
+            self.script.comment_args(format_args!("    {}", file.display_name));
             self.script.comment("{ ");
-            self.script.comment(format!("begin script '{}' ", file.display_name));
+            self.script.comment_args(format_args!("begin script '{}' ", file.display_name));
             self.script.raw_lines(&file.content);
             self.script.blank();
-            self.script.comment(format!("end script '{}'", file.display_name));
+            self.script.comment_args(format_args!("end script '{}'", file.display_name));
             self.script.comment("}");
             let doc = &mut *self.state;
             let entry = match doc.children.iter().position(|c| c.name == "config" && c.attr("filename") == Some(&file.display_name)) {
@@ -491,7 +491,7 @@ impl Poll<'_> {
             &environment,
             std::time::Duration::from_secs(dynamic.timeout_secs),
         )?;
-        self.script.comment(format!(
+        self.script.comment_args(format_args!(
             "dynamic snippets ({}): {} pre-line(s), {} post-line(s)",
             dynamic.exec,
             lines.pre.len(),
@@ -553,7 +553,7 @@ impl Poll<'_> {
                 .cmd
                 .as_deref()
                 .ok_or_else(|| Bailout(format!("query '{}' has no cmd", query.id)))?;
-            self.script.comment(format!("query '{}'", query.id));
+            self.script.comment_args(format_args!("query '{}'", query.id));
             self.script.command(format!(
                 "mod cmd UP0 scfg {}&id={} ser nop /always {}",
                 self.call.absolute(&self.config.queries_scfg),
@@ -563,7 +563,7 @@ impl Poll<'_> {
             any = true;
         }
         if !any {
-            self.script.comment(format!("no queries defined for any of callers classes: {}", classes.join("+")));
+            self.script.comment_args(format_args!("no queries defined for any of callers classes: {}", classes.join("+")));
         }
         Ok(())
     }
@@ -624,16 +624,16 @@ impl Poll<'_> {
             let what = if kind == FileType::Prot { "firmware" } else { "boot code" };
             let Some(wanted) = wanted else {
                 if !(held_back && kind == FileType::Prot) {
-                    self.script.comment(format!("no {what} update configured"));
+                    self.script.comment_args(format_args!("no {what} update configured"));
                 }
                 continue;
             };
             if excluded {
-                self.script.comment(format!("{device_type} gets no {what} updates (no{}dev)", if kind == FileType::Prot { "firm" } else { "boot" }));
+                self.script.comment_args(format_args!("{device_type} gets no {what} updates (no{}dev)", if kind == FileType::Prot { "firm" } else { "boot" }));
                 continue;
             }
             if firmware::same_build(running, &wanted) {
-                self.script.comment(format!("current {what} ({wanted}) is good"));
+                self.script.comment_args(format_args!("current {what} ({wanted}) is good"));
                 // a via build asked before is behind the device now
                 if let Some(entry) = self.state.child_mut(element).filter(|_| kind == FileType::Prot) {
                     entry.remove_attr("via");
@@ -666,7 +666,7 @@ impl Poll<'_> {
         };
         match path.decide(target, self.call.arg("PROT")) {
             BuildHop::Via(build) => {
-                self.script.comment(format!("upgrade path: build {build} first, on the way to {target}"));
+                self.script.comment_args(format_args!("upgrade path: build {build} first, on the way to {target}"));
                 PathHop::Via(build)
             }
             BuildHop::Master(_) | BuildHop::AtTarget => PathHop::Unchanged,
@@ -717,7 +717,7 @@ impl Poll<'_> {
             }
         }
         let url = format!("{location}?{query}");
-        self.script.comment(format!("new update URL {url}"));
+        self.script.comment_args(format_args!("new update URL {url}"));
         self.script.commands(rewrite::url_commands(&url));
         self.rewrote = true;
     }

@@ -98,7 +98,7 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
 /// A script that starts as every answer does: which configuration it comes from.
 fn new_script(config: &Config) -> Script {
     let mut script = Script::new();
-    script.comment(format!(
+    script.comment_args(format_args!(
         "update-server {} - configuration {} merged into config.xml",
         env!("CARGO_PKG_VERSION"),
         config.user_file
@@ -220,7 +220,7 @@ fn bailout(script: Script, message: &str) -> Outcome {
 }
 
 fn bailout_outcome(mut script: Script, message: &str) -> Outcome {
-    script.comment(format!("{message} - exit"));
+    script.comment_args(format_args!("{message} - exit"));
     Outcome { status: 200, body: script.into_text() }
 }
 

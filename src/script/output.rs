@@ -5,13 +5,15 @@ pub struct Script {
     text: String,
     /// Comments worth keeping in the device's log on the status page.
     pub notes: Vec<String>,
+    /// Where [`Script::comment_args`] formats.
+    scratch: String,
 }
 
 impl Script {
     pub fn new() -> Script {
         // a steady answer is one to two KB: grown once or not at all instead of doubling
         // from nothing
-        Script { text: String::with_capacity(2048), notes: Vec::new() }
+        Script { text: String::with_capacity(2048), notes: Vec::new(), scratch: String::new() }
     }
 
     /// A line for people reading the answer; devices ignore it.
@@ -24,6 +26,17 @@ impl Script {
     }
 
     /// A comment that is also kept in the device's log.
+    /// [`Script::comment`] of formatted text, formatted into a buffer the script keeps, so
+    /// the many comments of every answer cost no allocation of their own.
+    pub fn comment_args(&mut self, args: std::fmt::Arguments) {
+        use std::fmt::Write as _;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let _ = scratch.write_fmt(args);
+        self.comment(&scratch);
+        self.scratch = scratch;
+    }
+
     pub fn note(&mut self, text: impl Into<String>) {
         let text = text.into();
         self.comment(&text);

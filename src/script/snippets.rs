@@ -65,7 +65,7 @@ pub fn candidate_names(
     for phase in &phases {
         for class in &class_slots {
             for env in &env_slots {
-                let name = format!("{phase}-{class}-{env}.{extension}").to_lowercase();
+                let name = lowercase_name(&[phase, "-", class, "-", env, ".", extension]);
                 if !names.contains(&name) {
                     names.push(name);
                 }
@@ -73,6 +73,19 @@ pub fn candidate_names(
         }
     }
     names
+}
+
+/// The parts joined and lower-cased, built in one buffer (a poll builds a dozen or more of
+/// these): ASCII is lower-cased in place, anything else as `str::to_lowercase` does it.
+fn lowercase_name(parts: &[&str]) -> String {
+    let mut name = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|part| name.push_str(part));
+    if name.is_ascii() {
+        name.make_ascii_lowercase();
+        name
+    } else {
+        name.to_lowercase()
+    }
 }
 
 /// The CHECK signature: lower-case hex MD5 over the pre-lines, then every line of every
