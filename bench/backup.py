@@ -36,7 +36,6 @@ the temporary directory and every process started here are removed / stopped on 
 import argparse
 import datetime
 import http.client
-import json
 import os
 import re
 import shutil
@@ -299,22 +298,10 @@ def main():
         text = "\n".join(["# backup benchmark %s" % datetime.datetime.now().isoformat(timespec="seconds"), "",
                           head, ""] + table + [""] + notes) + "\n"
         print("\n" + text)
-        results_dir = os.path.join(HERE, "results")
-        os.makedirs(results_dir, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        with open(os.path.join(results_dir, "backup-%s.md" % stamp), "w") as f:
-            f.write(text)
-        with open(os.path.join(results_dir, "backup-%s.json" % stamp), "w") as f:
-            json.dump({"args": vars(args), "body_bytes": len(body), "answer_bytes": answer_bytes,
-                       "results": results}, f, indent=1)
-        log("results: bench/results/backup-%s.{md,json}" % stamp)
+        poll.save_results("backup", text, {"args": vars(args), "body_bytes": len(body),
+                                           "answer_bytes": answer_bytes, "results": results})
     finally:
-        if server is not None:
-            server.stop()
-        if args.keep:
-            log("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        poll.tear_down(server, tmp, args.keep)
 
 
 if __name__ == "__main__":

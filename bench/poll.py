@@ -110,6 +110,12 @@ def prepare_root(root):
         os.makedirs(d)
     files = dict(SNIPPETS)
     files["config/user-config.xml"] = USER_CONFIG
+    write_files(root, files)
+
+
+def write_files(root, files):
+    """Writes {relative path: text} under root with an old modification time (snippets older
+    than any grace period)."""
     for rel, text in files.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -125,7 +131,9 @@ def device(i):
     return sn, query
 
 
-def lighttpd_conf(tmp, port, root, server_bin, noop_bin, body_bytes, with_ceilings):
+def server_settings(tmp, port):
+    """The lighttpd settings every bench uses: 127.0.0.1:port, htdocs and the error log in
+    tmp, many kept-alive connections."""
     lines = [
         'server.document-root = "%s"' % os.path.join(tmp, "htdocs"),
         'server.bind = "127.0.0.1"',
@@ -139,6 +147,11 @@ def lighttpd_conf(tmp, port, root, server_bin, noop_bin, body_bytes, with_ceilin
     if os.geteuid() == 0:
         # raising the descriptor limit needs root
         lines.append("server.max-fds = 8000")
+    return lines
+
+
+def lighttpd_conf(tmp, port, root, server_bin, noop_bin, body_bytes, with_ceilings):
+    lines = server_settings(tmp, port)
     lines += [
         'alias.url = ( "/update/" => "%s/" )' % root,
         '$HTTP["url"] =~ "^/update/(status|backup|certs|cache|config|debug)/" { url.access-deny = ( "" ) }',
@@ -404,6 +417,28 @@ def measure_serve(args, tmp, root, server_bin, paths):
         out.close()
 
 
+def tear_down(server, tmp, keep):
+    """Stops `server` (when one runs) and removes `tmp` (or says where it was kept)."""
+    if server is not None:
+        server.stop()
+    if keep:
+        log("kept %s" % tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_results(kind, text, data):
+    """bench/results/<kind>-<stamp>.md (the table) and .json (everything measured)."""
+    results_dir = os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(results_dir, "%s-%s.md" % (kind, stamp)), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, "%s-%s.json" % (kind, stamp)), "w") as f:
+        json.dump(data, f, indent=1)
+    log("results: bench/results/%s-%s.{md,json}" % (kind, stamp))
+
+
 def fmt(value, pattern):
     return "-" if value is None else pattern % value
 
@@ -514,21 +549,9 @@ def main():
         text = "\n".join(["# poll benchmark %s" % datetime.datetime.now().isoformat(timespec="seconds"), "",
                           head, ""] + table + [""] + ratios) + "\n"
         print("\n" + text)
-        results_dir = os.path.join(HERE, "results")
-        os.makedirs(results_dir, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        with open(os.path.join(results_dir, "poll-%s.md" % stamp), "w") as f:
-            f.write(text)
-        with open(os.path.join(results_dir, "poll-%s.json" % stamp), "w") as f:
-            json.dump({"args": vars(args), "answer_bytes": body_bytes, "results": results}, f, indent=1)
-        log("results: bench/results/poll-%s.{md,json}" % stamp)
+        save_results("poll", text, {"args": vars(args), "answer_bytes": body_bytes, "results": results})
     finally:
-        if server is not None:
-            server.stop()
-        if args.keep:
-            log("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(server, tmp, args.keep)
 
 
 if __name__ == "__main__":

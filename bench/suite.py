@@ -41,13 +41,11 @@ the backup body from bench/backup.py.
 import argparse
 import datetime
 import http.client
-import json
 import os
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -61,13 +59,8 @@ DEFAULT_PHP_TREE = os.path.normpath(os.path.join(poll.REPO, "..", "shared", "ref
 SCENARIOS = ("steady", "full", "first", "backup")
 BACKUP_DEVICES = 100
 
-USER_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
-<config>
-    <master info=""/>
-    <status dir="status"/>
-    <backup dir="backup" nbackups="10"/>
-</config>
-"""
+# state tracking and backups (nbackups 10), no master: bench/backup.py's configuration
+USER_CONFIG = backup.USER_CONFIG
 
 
 def poll_query(i):
@@ -82,12 +75,7 @@ def backup_path(prefix, i):
 def write_tree_files(root):
     files = dict(poll.SNIPPETS)
     files["config/user-config.xml"] = USER_CONFIG
-    for rel, text in files.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-        os.utime(path, (poll.OLD_MTIME, poll.OLD_MTIME))
+    poll.write_files(root, files)
     for runtime in ("status", "backup"):
         shutil.rmtree(os.path.join(root, runtime), ignore_errors=True)
         os.makedirs(os.path.join(root, runtime))
@@ -107,20 +95,10 @@ def prepare_trees(tmp, php_tree):
 
 def lighttpd_conf(tmp, port, ours_bin, ours_root, noop_bin, noop_bytes, php_cgi, php_root):
     sock = lambda name: os.path.join(tmp, name + ".sock")
-    lines = [
-        'server.document-root = "%s"' % os.path.join(tmp, "htdocs"),
-        'server.bind = "127.0.0.1"',
-        "server.port = %d" % port,
-        'server.errorlog = "%s"' % os.path.join(tmp, "lighttpd-error.log"),
-        'server.modules = ( "mod_access", "mod_alias", "mod_fastcgi" )',
+    lines = poll.server_settings(tmp, port) + [
         'server.upload-dirs = ( "%s" )' % tmp,
-        'mimetype.assign = ( ".txt" => "text/plain; charset=UTF-8" )',
-        "server.max-connections = 2000",
-        "server.max-keep-alive-requests = 100000",
         'static-file.exclude-extensions = ( ".php" )',
     ]
-    if os.geteuid() == 0:
-        lines.append("server.max-fds = 8000")
     aliases = ['"/ours/" => "%s/"' % ours_root]
     if php_root:
         aliases.append('"/php/" => "%s/"' % php_root)
@@ -198,20 +176,13 @@ def prime(port, prefix, devices, body):
 
 
 def run_wrk(args, port, paths_file, body_file):
-    script, env = "rotate.lua", dict(os.environ, WRK_PATHS=paths_file)
+    """wrk over the paths (a PUT of body_file to each when given); "bad" counts every error
+    and every answer that is not 2xx."""
     if body_file:
-        script, env["WRK_BODY"] = "put.lua", body_file
-    base = ["wrk", "-t%d" % args.threads, "-c%d" % args.connections, "--timeout", "10s",
-            "-s", os.path.join(HERE, script), "http://127.0.0.1:%d" % port]
-    if args.warmup > 0:
-        subprocess.run(base[:1] + ["-d%ds" % args.warmup] + base[1:], env=env, check=True,
-                       stdout=subprocess.DEVNULL, timeout=args.warmup + 60)
-    out = subprocess.run(base[:1] + ["-d%ds" % args.duration] + base[1:], env=env, check=True,
-                         stdout=subprocess.PIPE, timeout=args.duration + 60).stdout.decode()
-    values = dict((m.group(1), int(m.group(2))) for m in re.finditer(r"^BENCH (\S+) (\d+)$", out, re.M))
-    values["rps"] = values["requests"] / (values["duration_us"] / 1e6)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    values["bad"] = values.get("errors", 0) + values.get("non_200", 0) + (int(non2xx.group(1)) if non2xx else 0)
+        values = backup.run_wrk(args, port, paths_file, body_file)
+    else:
+        values = poll.run_wrk(args, port, paths_file)
+    values["bad"] = values.get("errors", 0) + values.get("non_200", 0) + values.get("non_2xx", 0)
     return values
 
 
@@ -375,21 +346,9 @@ def main():
         text = "\n".join(["# suite %s" % datetime.datetime.now().isoformat(timespec="seconds"), "", head, ""]
                          + lines) + "\n"
         print("\n" + text)
-        results_dir = os.path.join(HERE, "results")
-        os.makedirs(results_dir, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        with open(os.path.join(results_dir, "suite-%s.md" % stamp), "w") as f:
-            f.write(text)
-        with open(os.path.join(results_dir, "suite-%s.json" % stamp), "w") as f:
-            json.dump({"args": vars(args), "sizes": sizes, "results": results}, f, indent=1)
-        log("results: bench/results/suite-%s.{md,json}" % stamp)
+        poll.save_results("suite", text, {"args": vars(args), "sizes": sizes, "results": results})
     finally:
-        if server is not None:
-            server.stop()
-        if args.keep:
-            log("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        poll.tear_down(server, tmp, args.keep)
 
 
 if __name__ == "__main__":
