@@ -362,6 +362,25 @@ fn status_page_in_headless_chromium() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(root.join("status/00-90-33-00-00-01.xml").exists());
 
+    // issue 11: a backup's diff to the one before, from the row's details, in the real browser
+    // (the links come with the details the script loads)
+    driver.go(&format!("{base}/admin/admin.php?mode=status"));
+    driver.wait_until("the status page again", "return !!document.querySelector('#device-00-90-33-3e-0c-57 button[data-act=log]');");
+    driver.click("#device-00-90-33-3e-0c-57 button[data-act=log]");
+    driver.wait_until("the backup files", "return !!document.querySelector('#device-00-90-33-3e-0c-57 a.diff');");
+    driver.click("#device-00-90-33-3e-0c-57 a.diff");
+    driver.wait_until(
+        "the diff",
+        "var d = document.querySelector('tr.del td.text'), a = document.querySelector('tr.add td.text'); return !!d && !!a && d.textContent === 'config change CMD0 /name old' && a.textContent === 'config change CMD0 /name new';",
+    );
+    // and a row's Preview: the answer and the changes, nothing written
+    let before = snapshot_files(&root);
+    driver.go(&format!("{base}/admin/admin.php?mode=status"));
+    driver.wait_until("the status page again", "return !!document.querySelector('#device-00-90-33-3e-0c-57 a.act');");
+    driver.click("#device-00-90-33-3e-0c-57 a.act");
+    driver.wait_until("the preview", "var p = document.querySelector('pre.transcript'); return !!p && p.textContent.indexOf('# preview: HTTP 200 - nothing was written') >= 0;");
+    assert_eq!(snapshot_diff(&before, &snapshot_files(&root)), Vec::<String>::new(), "the preview wrote something");
+
     // the page works after a reload with the filter given to the server
     driver.go(&format!("{base}/admin/admin.php?mode=status&filter=ip232"));
     driver.wait_until("the filtered page", "return document.querySelectorAll('#devices tr.device').length === 1;");

@@ -1,5 +1,6 @@
 //! The admin page's operator tools through the binary run as CGI (issue 11 items 2 and 5): a
-//! device's Preview, the same text `update-server preview` prints, with nothing written.
+//! device's Preview, the same text `update-server preview` prints, with nothing written; the
+//! diff of a device's backup to the one before it.
 
 mod support;
 
@@ -161,4 +162,73 @@ fn a_preview_needs_a_session_a_get_and_a_known_device() {
         assert!(html_text(&answer.body).contains(says) && !answer.body.contains("<nowhere>"), "{query}: {}", answer.body);
     }
     assert_eq!(snapshot_diff(&before, &snapshot_files(root)), Vec::<String>::new());
+}
+
+/// The changed lines of a diff page: (`add` or `del`, the line as shown).
+fn changed_lines(html: &str) -> Vec<(String, String)> {
+    html.split("<tr class=\"")
+        .skip(1)
+        .filter_map(|row| {
+            let kind = &row[..row.find('"')?];
+            let text = element_text(row, "<td class=\"text\">", "</td>");
+            (kind == "add" || kind == "del").then(|| (kind.to_string(), html_text(text)))
+        })
+        .collect()
+}
+
+/// Issue 11 item 5: a device's backups in its row link to their diff to the one before (not the
+/// oldest); the diff shows exactly the lines that were removed and added, escaped, and a long
+/// diff is cut and says so.
+#[test]
+fn a_backup_diff_shows_exactly_the_removed_and_added_lines() {
+    let root = tree();
+    let root = root.path();
+    let folder = "backup/IP232-3e-0c-57";
+    write_old_file(root, &format!("{folder}/IP232-3e-0c-57.0.txt"), "config change CMD0 /name old\r\nconfig add X");
+    let common: String = (0..20).map(|i| format!("config add PHONE/USER{i} /h323 user{i}\r\n")).collect();
+    write_old_file(root, &format!("{folder}/IP232-3e-0c-57.1.txt"), &format!("{common}config change CMD0 /name old\r\nvars create A pwd <b>x</b>"));
+    write_old_file(
+        root,
+        &format!("{folder}/IP232-3e-0c-57.2.txt"),
+        &format!("config add PHONE/NEW /h323 new\r\n{common}config change CMD0 /name \"lobby & hall\"\r\nvars create A pwd <b>x</b>"),
+    );
+    let cookie = admin_session(root);
+    let row = get(root, "mode=status&sn=00-90-33-3e-0c-57", &cookie);
+    let link = |n: u64| format!("admin.php?mode=backupdiff&sn=00-90-33-3e-0c-57&hwid=IP232-3e-0c-57&n={n}\"");
+    let shown = html_text(&row.body);
+    assert!(shown.contains(&link(2)) && shown.contains(&link(1)), "{}", row.body);
+    assert!(!shown.contains(&link(0)), "the oldest has nothing to compare with: {}", row.body);
+
+    let before = snapshot_files(root);
+    let diff = get(root, "mode=backupdiff&sn=00-90-33-3e-0c-57&hwid=IP232-3e-0c-57&n=2", &cookie);
+    assert_eq!(diff.status, 200, "{}", diff.body);
+    assert_eq!(
+        changed_lines(&diff.body),
+        [
+            ("add".to_string(), "config add PHONE/NEW /h323 new".to_string()),
+            ("del".to_string(), "config change CMD0 /name old".to_string()),
+            ("add".to_string(), "config change CMD0 /name \"lobby & hall\"".to_string()),
+        ]
+    );
+    assert!(diff.body.contains("Backup #2 of IP232-3e-0c-57 compared with #1"), "{}", diff.body);
+    assert!(diff.body.contains("2 added</span>, <span class=\"del\">1 removed</span> lines."), "{}", diff.body);
+    // three lines of context around each change, not the whole file
+    assert!(diff.body.contains("/h323 user2<") && !diff.body.contains("/h323 user10<"), "{}", diff.body);
+    assert!(!diff.body.contains("<b>x</b>"), "escaped: {}", diff.body);
+    assert_eq!(snapshot_diff(&before, &snapshot_files(root)), Vec::<String>::new(), "a diff writes nothing");
+
+    let oldest = get(root, "mode=backupdiff&hwid=IP232-3e-0c-57&n=0", &cookie);
+    assert!(oldest.body.contains("the oldest backup kept"), "{}", oldest.body);
+    for query in ["mode=backupdiff&hwid=IP232-3e-0c-57&n=7", "mode=backupdiff&hwid=../status&n=1", "mode=backupdiff&hwid=IP232-3e-0c-57"] {
+        assert_eq!(get(root, query, &cookie).status, 404, "{query}");
+    }
+
+    // a diff longer than the page shows is cut, and says how much is left out
+    let old: String = (0..6000).map(|i| format!("config add A{i} old\r\n")).collect();
+    let new: String = (0..6000).map(|i| format!("config add A{i} new\r\n")).collect();
+    write_old_file(root, &format!("{folder}/IP232-3e-0c-57.3.txt"), &old);
+    write_old_file(root, &format!("{folder}/IP232-3e-0c-57.4.txt"), &new);
+    let long = get(root, "mode=backupdiff&hwid=IP232-3e-0c-57&n=4", &cookie);
+    assert_eq!(changed_lines(&long.body).len(), 5000);
+    assert!(long.body.contains("6000 added</span>, <span class=\"del\">6000 removed</span> lines; the diff is cut after 5000 lines: 7000 more changed lines are not shown."), "{}", &long.body[..2000]);
 }

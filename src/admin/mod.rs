@@ -6,6 +6,7 @@
 //! the session's CSRF token; every page is built from templates that escape all values.
 
 pub mod auth;
+pub mod diff;
 pub mod files;
 pub mod filter;
 pub mod fleet;
@@ -344,6 +345,7 @@ pub fn handle(
         "show" => render(200, &pages::show(root, &config, &page("Configuration", Some(&config), Some(session)), now)),
         "info" => render(200, &pages::info(&site, &config, &page("Add new device", Some(&config), Some(session)))),
         "preview" => preview_page(&site, root, &config, session, previewer),
+        "backupdiff" => backup_diff_page(&site, root, &config, session),
         _ => {
             let page = page("Unknown page", Some(&config), Some(session));
             render(404, &templates::MessagePage { page: &page, heading: "Unknown page".into(), text: "This page does not exist; use the links above.".into() })
@@ -446,6 +448,44 @@ fn preview_page(site: &Site, root: &Path, config: &Config, session: &Session, pr
             template.values = poll.values;
             template.notes = poll.notes;
             template.next_phase = poll.next_phase;
+            200
+        }
+        Err(error) => {
+            template.error = Some(error);
+            404
+        }
+    };
+    render(status, &template)
+}
+
+/// The diff of a device's backup to the one before it.
+fn backup_diff_page(site: &Site, root: &Path, config: &Config, session: &Session) -> Response {
+    let page = page("Backup diff", Some(config), Some(session));
+    let hwid = site.arg("hwid").filter(|h| crate::device::is_plain_token(h)).unwrap_or("");
+    let index = site.arg("n").and_then(|n| n.parse::<u64>().ok());
+    let mut template = templates::BackupDiffPage {
+        page: &page,
+        hwid: hwid.to_string(),
+        sn: site.arg("sn").filter(|sn| crate::device::is_serial(sn)).map(crate::device::canonical_serial).unwrap_or_default(),
+        index,
+        previous: None,
+        error: None,
+        hunks: Vec::new(),
+        added: 0,
+        removed: 0,
+        left_out: 0,
+        max_lines: diff::MAX_SHOWN_LINES,
+    };
+    let compared = match (&config.backup, hwid, index) {
+        (None, _, _) => Err(format!("Backups are off: add <backup dir=\"backup\"/> to {}.", config.user_file)),
+        (_, "", _) | (_, _, None) => Err("Which backup? The page needs a device's hwid and a backup number (hwid=, n=).".to_string()),
+        (Some(backup), hwid, Some(index)) => diff::backup_diff(&root.join(&backup.dir).join(hwid), hwid, index),
+    };
+    let status = match compared {
+        Ok(compared) => {
+            template.previous = compared.previous;
+            template.hunks = compared.diff.hunks;
+            (template.added, template.removed, template.left_out) = (compared.diff.added, compared.diff.removed, compared.diff.left_out);
             200
         }
         Err(error) => {

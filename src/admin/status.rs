@@ -80,7 +80,15 @@ pub struct BackupCell {
     /// Whether the device has a backup folder (its files are listed in the details).
     pub has_files: bool,
     /// Newest first; filled in the details only.
-    pub files: Vec<Link>,
+    pub files: Vec<BackupFile>,
+}
+
+/// A stored backup of a device, in its row's details.
+#[derive(Debug, Clone)]
+pub struct BackupFile {
+    pub link: Link,
+    /// The page with its diff to the backup before it (None for the oldest).
+    pub diff: Option<String>,
 }
 
 /// A certificate file of a device (`certs/<sn>-…`).
@@ -594,7 +602,7 @@ pub fn row_of_state(state: Node, sn: &str, context: &RowContext, shows: &xpath::
     let backup = config.backup.as_ref().map(|b| {
         let has_files = crate::device::is_plain_token(&hwid) && context.folders.backup_dirs.contains(&hwid);
         let last = device.attr("backup").and_then(|t| t.parse::<i64>().ok()).map(|t| Since::of(t, now));
-        let files = if context.detail && has_files { backup_files(context.root, &b.dir, &hwid, now) } else { Vec::new() };
+        let files = if context.detail && has_files { backup_files(context.root, &b.dir, &hwid, sn, now) } else { Vec::new() };
         BackupCell { last, has_files, files }
     });
     // SPA devices take no part in the certificate roll-out (SPEC §5): no cell rather than a
@@ -696,19 +704,26 @@ fn plain_address(address: &str) -> Option<String> {
     host_like.then(|| address.to_string())
 }
 
-fn backup_files(root: &Path, dir: &str, hwid: &str, now: i64) -> Vec<Link> {
-    let mut files = crate::backup::stored(&root.join(dir).join(hwid), hwid);
-    files.reverse();
-    files
-        .into_iter()
-        .map(|stored| {
+fn backup_files(root: &Path, dir: &str, hwid: &str, sn: &str, now: i64) -> Vec<BackupFile> {
+    let stored = crate::backup::stored(&root.join(dir).join(hwid), hwid);
+    let mut files: Vec<BackupFile> = stored
+        .iter()
+        .enumerate()
+        .map(|(position, stored)| {
             let name = format!("{hwid}.{}.txt", stored.index);
             let path = format!("{dir}/{hwid}/{name}");
             let time = std::fs::metadata(&stored.path).and_then(|m| m.modified()).map(crate::clock::epoch_of).unwrap_or(0);
             let since = Since::of(time, now);
-            Link { label: format!("#{} · {}", stored.index, since.text), href: deliver_href(&path), title: format!("{path}, {}", since.title) }
+            let link = Link { label: format!("#{} · {}", stored.index, since.text), href: deliver_href(&path), title: format!("{path}, {}", since.title) };
+            // the oldest kept has nothing before it to compare with
+            let diff = (position > 0).then(|| {
+                format!("admin.php?mode=backupdiff&sn={sn}&hwid={}&n={}", crate::urlenc::rawurlencode(hwid), stored.index)
+            });
+            BackupFile { link, diff }
         })
-        .collect()
+        .collect();
+    files.reverse();
+    files
 }
 
 fn cert_cell(state: Node, device: Node, sn: &str, dir: &str, names: &[String]) -> CertCell {

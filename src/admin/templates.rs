@@ -125,6 +125,24 @@ pub struct PreviewPage<'a> {
     pub transcript: String,
 }
 
+/// The diff of a backup to the one before it (`mode=backupdiff`).
+#[derive(Template)]
+#[template(path = "backupdiff.html", config = "src/admin/askama.toml")]
+pub struct BackupDiffPage<'a> {
+    pub page: &'a Page,
+    pub hwid: String,
+    /// The device whose row links here (for the way back), when known.
+    pub sn: String,
+    pub index: Option<u64>,
+    pub previous: Option<u64>,
+    pub error: Option<String>,
+    pub hunks: Vec<super::diff::Hunk>,
+    pub added: usize,
+    pub removed: usize,
+    pub left_out: usize,
+    pub max_lines: usize,
+}
+
 #[derive(Template)]
 #[template(path = "message.html", config = "src/admin/askama.toml")]
 pub struct MessagePage<'a> {
