@@ -154,50 +154,6 @@ fn require_tools() {
 }
 
 /// Runs the openssl CLI in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA `name`.{key,pem}.
-fn make_ca(dir: &Path, name: &str, cn: &str) {
-    let subject = format!("/C=DE/O=Test PKI/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-days", "3650", "-subj", &subject,
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A certificate `name`.{key,pem} for `subject`, issued by CA `ca`, with extensions `ext`.
-fn make_leaf(dir: &Path, name: &str, ca: &str, subject: &str, ext: &str, serial: u32) {
-    fs::write(dir.join(format!("{name}.ext")), ext).expect("writing an extension file");
-    openssl(
-        dir,
-        &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"),
-            "-set_serial", &serial.to_string(), "-days", "365", "-sha256", "-out", &format!("{name}.pem"),
-            "-extfile", &format!("{name}.ext"),
-        ],
-    );
-}
-
 const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
 
 /// Generates the whole test PKI in `dir`.

@@ -745,3 +745,49 @@ pub fn element_text<'a>(html: &'a str, open: &str, close: &str) -> &'a str {
     let end = html[start..].find(close).unwrap_or_else(|| panic!("no {close} after {open}")) + start;
     &html[start..end]
 }
+
+// ---- a test PKI by the openssl CLI (tests/mtls_e2e.rs, tests/serve_tls.rs) ---------------------
+
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA `name`.{key,pem}.
+pub fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let subject = format!("/C=DE/O=Test PKI/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-days", "3650", "-subj", &subject,
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// A certificate `name`.{key,pem} for `subject`, issued by CA `ca`, with extensions `ext`.
+pub fn make_leaf(dir: &Path, name: &str, ca: &str, subject: &str, ext: &str, serial: u32) {
+    fs::write(dir.join(format!("{name}.ext")), ext).expect("writing an extension file");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"),
+            "-set_serial", &serial.to_string(), "-days", "365", "-sha256", "-out", &format!("{name}.pem"),
+            "-extfile", &format!("{name}.ext"),
+        ],
+    );
+}
