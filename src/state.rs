@@ -394,7 +394,34 @@ pub fn record<'a>(state: &mut Element, now: i64, notes: impl IntoIterator<Item =
     for note in notes {
         log(state, now, note);
     }
+    drop_repeated_request(state);
     prune_log(state, now, keep_secs);
+}
+
+/// When the request just logged (the entries from the last start marker on) says exactly what
+/// the request before it said, the earlier copy goes. A device that polls all day with the same
+/// outcome ("CHECK matches", a certificate note) then keeps one copy of it, stamped with its
+/// latest poll, instead of pushing everything else out of the log; and its file changes only in
+/// time stamps from one poll to the next, which [`LockedState::save`] writes in place.
+/// (The old server kept every copy until `logkeep` pruned it; the log is for people, its length
+/// was never part of what a device or the admin page relies on.)
+fn drop_repeated_request(state: &mut Element) {
+    let log: Vec<usize> = state.children.iter().enumerate().filter(|(_, c)| c.name == "msgs").map(|(i, _)| i).collect();
+    let is_marker = |i: usize| state.children[i].attr("msg").unwrap_or("").is_empty();
+    let Some(current) = log.iter().rposition(|&i| is_marker(i)) else { return };
+    let Some(previous) = log[..current].iter().rposition(|&i| is_marker(i)) else { return };
+    let (earlier, latest) = (&log[previous..current], &log[current..]);
+    let same = earlier.len() == latest.len()
+        && earlier.iter().zip(latest).all(|(&a, &b)| state.children[a].attr("msg") == state.children[b].attr("msg"));
+    if same {
+        let (first, last) = (earlier[0], earlier[earlier.len() - 1]);
+        let mut index = 0;
+        state.children.retain(|c| {
+            let drop = (first..=last).contains(&index) && c.name == "msgs";
+            index += 1;
+            !drop
+        });
+    }
 }
 
 pub fn prune_log(state: &mut Element, now: i64, keep_secs: i64) {
@@ -545,6 +572,65 @@ mod tests {
         mark_request(&mut s, 3);
         let msgs: Vec<_> = s.children.iter().map(|c| (c.attr("time").unwrap().to_string(), c.attr("msg").unwrap().to_string())).collect();
         assert_eq!(msgs, [("1".into(), "".into()), ("1".into(), "delivered".into()), ("3".into(), "".into())]);
+    }
+
+    fn log_of(s: &Element) -> Vec<(String, String)> {
+        s.children.iter().filter(|c| c.name == "msgs").map(|c| (c.attr("time").unwrap().to_string(), c.attr("msg").unwrap().to_string())).collect()
+    }
+
+    #[test]
+    fn a_request_that_repeats_the_one_before_replaces_it() {
+        let notes = |texts: &[&str]| texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let mut s = Element::new("state");
+        mark_request(&mut s, 1);
+        record(&mut s, 1, &notes(&["delivered", "reset"]), 1_000_000);
+        mark_request(&mut s, 2);
+        record(&mut s, 2, &notes(&["CHECK matches", "no certificate checking"]), 1_000_000);
+        mark_request(&mut s, 3);
+        record(&mut s, 3, &notes(&["CHECK matches", "no certificate checking"]), 1_000_000);
+        mark_request(&mut s, 4);
+        record(&mut s, 4, &notes(&["CHECK matches", "no certificate checking"]), 1_000_000);
+        let expected = |t: &str| {
+            vec![
+                ("1".to_string(), "".to_string()),
+                ("1".into(), "delivered".into()),
+                ("1".into(), "reset".into()),
+                (t.into(), "".into()),
+                (t.into(), "CHECK matches".into()),
+                (t.into(), "no certificate checking".into()),
+            ]
+        };
+        assert_eq!(log_of(&s), expected("4"), "the first, different request stays; the repeats collapse into the latest");
+
+        // a request that says something else (or the same things in another order) is kept
+        mark_request(&mut s, 5);
+        record(&mut s, 5, &notes(&["no certificate checking", "CHECK matches"]), 1_000_000);
+        assert_eq!(log_of(&s).len(), 9);
+        mark_request(&mut s, 6);
+        record(&mut s, 6, &notes(&["no certificate checking"]), 1_000_000);
+        assert_eq!(log_of(&s).len(), 11);
+    }
+
+    #[test]
+    fn a_repeated_steady_poll_only_changes_digits_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00-90-33-3e-0c-57.xml");
+        let poll = |now: i64| {
+            let mut locked = LockedState::open(&path).unwrap();
+            locked.state.set_attr("seen", now.to_string());
+            mark_request(&mut locked.state, now);
+            device(&mut locked.state).set_attr("sn", "00-90-33-3e-0c-57");
+            record(&mut locked.state, now, &["# CHECK matches".to_string()], 1800);
+            locked.save().unwrap();
+        };
+        poll(1_700_000_000);
+        poll(1_700_000_060);
+        let inode = fs::metadata(&path).unwrap().ino();
+        let before = fs::read_to_string(&path).unwrap();
+        poll(1_700_000_120);
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "written in place");
+        assert_eq!(before.replace("1700000060", "1700000120"), after);
     }
 
     #[test]

@@ -66,13 +66,52 @@ fn poll(root: &Path, query: &str, agent: Option<&str>) -> Answer {
 
 /// Previews, checks that nothing changed, then polls for real: the two answers must be the same
 /// bytes. Returns the answer and what the preview said it would change.
+///
+/// The answer states ages in seconds ("newest script … 196333056s old"), so a preview and a
+/// poll on either side of a second boundary differ legitimately. Each attempt therefore runs
+/// on a copy of the tree and counts only when both ran within one second of the clock; the
+/// copy that counted then becomes the tree, so the caller goes on from the real poll's state.
 fn preview_then_poll(root: &Path, query: &str, agent: Option<&str>) -> (String, String) {
-    let before = snapshot_files(root);
-    let (previewed, changes) = preview(root, query, agent);
-    assert_eq!(snapshot_diff(&before, &snapshot_files(root)), Vec::<String>::new(), "preview wrote something");
-    let real = poll(root, query, agent);
-    assert_eq!(previewed, real.body, "preview and the real poll differ\n--- preview stderr:\n{changes}");
-    (real.body, changes)
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let scratch = tempfile::Builder::new().prefix("update-server-preview-try-").tempdir().expect("temp dir");
+        copy_tree(root, scratch.path());
+        let before = snapshot_files(scratch.path());
+        let started = update_server::clock::now();
+        let (previewed, changes) = preview(scratch.path(), query, agent);
+        assert_eq!(snapshot_diff(&before, &snapshot_files(scratch.path())), Vec::<String>::new(), "preview wrote something");
+        let real = poll(scratch.path(), query, agent);
+        let within_one_second = update_server::clock::now() == started;
+        if !within_one_second && attempt < ATTEMPTS {
+            continue;
+        }
+        assert_eq!(previewed, real.body, "preview and the real poll differ\n--- preview stderr:\n{changes}");
+        replace_tree(root, scratch.path());
+        return (real.body, changes);
+    }
+    unreachable!("the last attempt asserts")
+}
+
+/// `cp -a SRC/. DST`: the copy keeps modification times, which the answers report.
+fn copy_tree(src: &Path, dst: &Path) {
+    let status = Command::new("cp").arg("-a").arg(src.join(".")).arg(dst).status().expect("cp");
+    assert!(status.success(), "cp -a {} {}", src.display(), dst.display());
+}
+
+/// Empties `root` and moves every entry of `from` into it (both temporary folders, one file system).
+fn replace_tree(root: &Path, from: &Path) {
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::rename(entry.path(), root.join(entry.file_name())).unwrap();
+    }
 }
 
 #[test]
