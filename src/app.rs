@@ -218,8 +218,8 @@ impl Handler for App {
         let route = Route::of(vars.get("SCRIPT_NAME").map_or("", String::as_str));
         match route {
             Route::Update => {
-                let args = crate::urlenc::parse_query(vars.get("QUERY_STRING").map_or("", String::as_str));
-                let mode = args.iter().find(|(k, _)| k == "mode").map_or("", |(_, v)| v.as_str());
+                let mode = crate::urlenc::query_arg(vars.get("QUERY_STRING").map_or("", String::as_str), "mode");
+                let mode = mode.as_deref().unwrap_or("");
                 match mode {
                     "backup" | "query" | "vardump" => match self.configs.get(&self.root_for(vars, route)) {
                         Ok(config) => crate::device_data::body_limit(mode, &config),

@@ -112,7 +112,7 @@ impl Counters {
 
 /// Whether an `update.php` query string is a device's poll (no `mode`).
 pub fn is_poll(query: &str) -> bool {
-    crate::urlenc::parse_query(query).iter().find(|(k, _)| k == "mode").is_none_or(|(_, v)| v.is_empty())
+    crate::urlenc::query_arg(query, "mode").is_none_or(|mode| mode.is_empty())
 }
 
 /// The devices summed up.

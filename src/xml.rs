@@ -529,6 +529,13 @@ pub fn escape(text: &str, attribute: bool) -> String {
 /// [`escape`], appended to `out`. Runs of characters that need nothing are copied as one
 /// slice: state files are written on every poll and almost all of their text is plain.
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
+    // most values (an address, a build, a time stamp) need nothing: one look at the bytes and
+    // one copy (every byte that may need care is a control character, non-ASCII or markup)
+    let may_need_care = |b: u8| b < 0x20 || b >= 0x80 || matches!(b, b'&' | b'<' | b'>') || (attribute && b == b'"');
+    if !text.bytes().any(may_need_care) {
+        out.push_str(text);
+        return;
+    }
     let mut plain_from = 0;
     for (at, c) in text.char_indices() {
         let replacement = match c {
