@@ -547,6 +547,45 @@ fn fastcgi_answers_promptly_beside_hundreds_of_idle_kept_alive_connections() {
     server.assert_threads_fall_to(16);
 }
 
+/// The server's thread ids now.
+fn thread_ids(server: &Server) -> std::collections::BTreeSet<u32> {
+    fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_busy_fastcgi_backend_keeps_its_threads() {
+    // one connection per request from more clients at once than the eight warm threads, as
+    // lighttpd passes on a busy site's load: the threads that served the first requests serve
+    // the rest (a thread used to end as soon as enough others waited, and another started a
+    // moment later: one per ten requests)
+    const CLIENTS: usize = 24;
+    let (server, socket) = start_fastcgi(None);
+    let vars = poll_vars(&server.root);
+    let load = |requests: usize| {
+        std::thread::scope(|scope| {
+            for _ in 0..CLIENTS {
+                scope.spawn(|| {
+                    for _ in 0..requests / CLIENTS {
+                        let (_, answer) = ask_fastcgi(&socket, 1, false, &vars);
+                        assert!(answer.is_some_and(|a| a.starts_with("Status: 200")));
+                    }
+                });
+            }
+        });
+    };
+    load(480);
+    let warm = thread_ids(&server);
+    load(1920);
+    let after = thread_ids(&server);
+    let started: Vec<&u32> = after.difference(&warm).collect();
+    assert!(started.len() <= 4, "{} threads started during 1920 requests (had {}): {started:?}", started.len(), warm.len());
+    // and once the load is over, the threads beyond the warm ones go
+    server.assert_threads_fall_to(16);
+}
+
 #[test]
 fn fastcgi_at_its_connection_cap_closes_the_longest_idle_connections() {
     raise_own_descriptor_limit(HOSTILE as u64 + 100);

@@ -15,7 +15,8 @@
 //!   time-out is shrunk to the time left ([`DeadlineReader`]).
 //! - Threads accept and serve their own connections (lighttpd opens one per request: no
 //!   hand-off); the last accepting thread starts another before it serves, and threads beyond
-//!   the warm ones end once enough are waiting again, so a burst's threads go away with it.
+//!   the warm ones end once enough are waiting again and they have had no connection for
+//!   [`SURPLUS_LINGER`], so a burst's threads go away with it and a busy backend keeps its own.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -319,6 +320,8 @@ pub trait Door: Send + Sync + 'static {
     /// For log lines.
     const NAME: &'static str;
 
+    /// Waits for the next connection, at most [`SURPLUS_LINGER`] (then `WouldBlock` or
+    /// `TimedOut`), so a thread can tell whether it is still needed.
     fn accept(&self) -> io::Result<Self::Connection>;
     /// Whether the connection may have a slot at all (peer filters); a refused one is closed.
     fn welcome(&self, _connection: &Self::Connection) -> bool {
@@ -382,13 +385,28 @@ fn start<D: Door>(acceptors: &Arc<Acceptors<D>>) {
     }
 }
 
+/// How long a thread beyond the warm ones stays without a connection before it ends: long
+/// enough that a busy backend keeps its threads (ending one as soon as it was surplus and
+/// starting another a moment later cost a thread per ten polls under load), short enough that
+/// a burst's threads are gone seconds after it.
+pub const SURPLUS_LINGER: Duration = Duration::from_secs(2);
+
 fn accept_loop<D: Door>(acceptors: &Arc<Acceptors<D>>, main: bool) -> io::Result<()> {
+    let mut last_connection = Instant::now();
     loop {
+        if !main && acceptors.accepting.load(Ordering::SeqCst) >= acceptors.warm && last_connection.elapsed() >= SURPLUS_LINGER {
+            // enough threads are waiting for connections, and this one has had none for a while
+            acceptors.threads.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
         acceptors.accepting.fetch_add(1, Ordering::SeqCst);
         let accepted = acceptors.door.accept();
         let still_accepting = acceptors.accepting.fetch_sub(1, Ordering::SeqCst) - 1;
         match accepted {
+            // no connection within SURPLUS_LINGER: time to look whether this thread is needed
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Ok(connection) => {
+                last_connection = Instant::now();
                 if still_accepting == 0 {
                     // nobody would be left to accept while this connection is served
                     start(acceptors);
@@ -409,11 +427,6 @@ fn accept_loop<D: Door>(acceptors: &Arc<Acceptors<D>>, main: bool) -> io::Result
                     acceptors.registry.evict_one();
                 }
             }
-        }
-        if !main && acceptors.accepting.load(Ordering::SeqCst) >= acceptors.warm {
-            // enough threads are waiting for connections; this one was a surplus
-            acceptors.threads.fetch_sub(1, Ordering::SeqCst);
-            return Ok(());
         }
     }
 }

@@ -873,6 +873,35 @@ enum Listener {
 }
 
 impl Listener {
+    /// Makes a blocking accept(2) give up after `timeout` (`WouldBlock`), so that a thread
+    /// waiting for a connection can tell whether it is still needed. A blocking accept wakes
+    /// one waiting thread per connection; waiting in poll(2) would wake them all.
+    fn set_accept_timeout(&self, timeout: Duration) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        };
+        let value = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval, passed with its size; fd is our listening socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&value as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Tcp(l) => {
@@ -989,6 +1018,7 @@ pub fn serve_listen(address: &str, handler: Arc<dyn Handler>, workers: usize) ->
 
 fn serve(listener: Listener, handler: Arc<dyn Handler>, workers: usize) -> io::Result<()> {
     let workers = workers.max(1);
+    listener.set_accept_timeout(connections::SURPLUS_LINGER)?;
     let door = FastCgiDoor {
         listener,
         service: Service {
