@@ -531,7 +531,7 @@ pub fn escape(text: &str, attribute: bool) -> String {
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
     // most values (an address, a build, a time stamp) need nothing: one look at the bytes and
     // one copy (every byte that may need care is a control character, non-ASCII or markup)
-    let may_need_care = |b: u8| b < 0x20 || b >= 0x80 || matches!(b, b'&' | b'<' | b'>') || (attribute && b == b'"');
+    let may_need_care = |b: u8| !(0x20..0x80).contains(&b) || matches!(b, b'&' | b'<' | b'>') || (attribute && b == b'"');
     if !text.bytes().any(may_need_care) {
         out.push_str(text);
         return;
