@@ -4,16 +4,22 @@
 //!
 //! A cached listing or content is only trusted when it was read well after the folder's or
 //! file's last modification: a change within the same clock tick as our read would otherwise
-//! go unnoticed (the problem git calls "racy" entries).
+//! go unnoticed (the problem git calls "racy" entries). Once validated, an entry is trusted
+//! for [`RECHECK_AFTER`] without another `stat`, as the configuration is: an edit reaches a
+//! long-running process within a second, and a busy one stats a file once a second instead of
+//! three times per poll.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long after a modification a read is trusted to have seen it.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long a validated listing or content is used without looking at the file system again
+/// (the configuration's interval, `ConfigCache`).
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// A snippet file as the update script needs it.
 #[derive(Debug, Clone)]
@@ -42,12 +48,16 @@ impl Stamp {
 
 struct Listing {
     stamp: Stamp,
+    /// When the stamp was last compared with the folder's.
+    checked: Instant,
     /// Shared with the polls that use it, so a poll does not copy the folder's listing.
     names: Arc<HashSet<String>>,
 }
 
 struct Cached {
     stamp: Stamp,
+    /// When the stamp was last compared with the file's.
+    checked: Instant,
     snippet: Snippet,
 }
 
@@ -66,14 +76,25 @@ struct Signed {
 /// many device-specific snippets fills the list it starts again empty.
 const MAX_SIGNED_SETS: usize = 256;
 
-#[derive(Default)]
 pub struct FileCache {
     listings: Mutex<HashMap<PathBuf, Listing>>,
     files: Mutex<HashMap<PathBuf, Cached>>,
     signatures: Mutex<Vec<Signed>>,
+    recheck_after: Duration,
+}
+
+impl Default for FileCache {
+    fn default() -> FileCache {
+        FileCache::with_recheck_interval(RECHECK_AFTER)
+    }
 }
 
 impl FileCache {
+    /// A cache that trusts a validated entry for `recheck_after` (zero: every use looks).
+    pub fn with_recheck_interval(recheck_after: Duration) -> FileCache {
+        FileCache { listings: Mutex::default(), files: Mutex::default(), signatures: Mutex::default(), recheck_after }
+    }
+
     /// The files of `names` that exist in `dir`, in the order of `names`.
     pub fn existing(&self, dir: &Path, names: &[String]) -> Vec<(String, Snippet)> {
         let present = self.names_in(dir);
@@ -116,10 +137,16 @@ impl FileCache {
     /// The names in `dir`, from the cache while the folder is unchanged; None when the folder
     /// cannot be listed (then every candidate is looked at directly).
     fn names_in(&self, dir: &Path) -> Option<Arc<HashSet<String>>> {
+        if let Ok(listings) = self.listings.lock() {
+            if let Some(listing) = listings.get(dir).filter(|l| l.checked.elapsed() < self.recheck_after) {
+                return Some(Arc::clone(&listing.names));
+            }
+        }
         let meta = std::fs::metadata(dir).ok()?;
         let stamp = Stamp::of(&meta);
-        if let Ok(listings) = self.listings.lock() {
-            if let Some(listing) = listings.get(dir).filter(|l| l.stamp == stamp) {
+        if let Ok(mut listings) = self.listings.lock() {
+            if let Some(listing) = listings.get_mut(dir).filter(|l| l.stamp == stamp) {
+                listing.checked = Instant::now();
                 return Some(Arc::clone(&listing.names));
             }
         }
@@ -133,17 +160,23 @@ impl FileCache {
         );
         if stamp.settled_at(read_at) {
             if let Ok(mut listings) = self.listings.lock() {
-                listings.insert(dir.to_path_buf(), Listing { stamp, names: Arc::clone(&names) });
+                listings.insert(dir.to_path_buf(), Listing { stamp, checked: Instant::now(), names: Arc::clone(&names) });
             }
         }
         Some(names)
     }
 
     fn read(&self, path: &Path) -> Option<Snippet> {
+        if let Ok(files) = self.files.lock() {
+            if let Some(cached) = files.get(path).filter(|c| c.checked.elapsed() < self.recheck_after) {
+                return Some(cached.snippet.clone());
+            }
+        }
         let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
         let stamp = Stamp::of(&meta);
-        if let Ok(files) = self.files.lock() {
-            if let Some(cached) = files.get(path).filter(|c| c.stamp == stamp) {
+        if let Ok(mut files) = self.files.lock() {
+            if let Some(cached) = files.get_mut(path).filter(|c| c.stamp == stamp) {
+                cached.checked = Instant::now();
                 return Some(cached.snippet.clone());
             }
         }
@@ -152,7 +185,7 @@ impl FileCache {
         let snippet = Snippet { mtime: stamp.mtime.0, content: Arc::new(content) };
         if stamp.settled_at(read_at) {
             if let Ok(mut files) = self.files.lock() {
-                files.insert(path.to_path_buf(), Cached { stamp, snippet: snippet.clone() });
+                files.insert(path.to_path_buf(), Cached { stamp, checked: Instant::now(), snippet: snippet.clone() });
             }
         }
         Some(snippet)
@@ -192,9 +225,27 @@ mod tests {
     }
 
     #[test]
+    fn a_validated_file_is_trusted_for_the_recheck_interval_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::with_recheck_interval(Duration::from_millis(300));
+        let names = vec!["a.txt".to_string()];
+        let path = dir.path().join("a.txt");
+        std::fs::write(&path, "one").unwrap();
+        age(&path, 100);
+        let folder = std::fs::File::open(dir.path()).unwrap();
+        folder.set_modified(SystemTime::now() - Duration::from_secs(100)).unwrap();
+        assert_eq!(cache.existing(dir.path(), &names)[0].1.content.as_slice(), b"one");
+        std::fs::write(&path, "two").unwrap();
+        age(&path, 50);
+        assert_eq!(cache.existing(dir.path(), &names)[0].1.content.as_slice(), b"one", "within the interval: not looked at");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(cache.existing(dir.path(), &names)[0].1.content.as_slice(), b"two", "after it: the edit");
+    }
+
+    #[test]
     fn sees_new_changed_and_removed_files() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = FileCache::default();
+        let cache = FileCache::with_recheck_interval(Duration::ZERO);
         let names = vec!["a.txt".to_string(), "b.txt".to_string()];
         std::fs::write(dir.path().join("a.txt"), "one").unwrap();
         age(&dir.path().join("a.txt"), 100);

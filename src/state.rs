@@ -105,7 +105,7 @@ impl LockedState {
     /// Saving then replaces the damaged file; one that was small enough to read is kept as
     /// `<sn>.xml.broken` for a person to look at, an oversized one is not kept.
     pub fn open(path: &Path) -> io::Result<LockedState> {
-        let file = loop {
+        let (file, size) = loop {
             let opened = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
             let file = match opened {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -121,11 +121,11 @@ impl LockedState {
             }
             let locked = file.metadata()?;
             match fs::metadata(path) {
-                Ok(on_disk) if on_disk.ino() == locked.ino() && on_disk.dev() == locked.dev() => break file,
+                Ok(on_disk) if on_disk.ino() == locked.ino() && on_disk.dev() == locked.dev() => break (file, locked.len()),
                 _ => continue,
             }
         };
-        let (text, damage) = read_bounded(&file)?;
+        let (text, damage) = read_bounded(&file, size)?;
         let existed = damage.is_some() || !text.trim().is_empty();
         let (state, damage) = interpret(&text, damage);
         if let Some(damage) = &damage {
@@ -214,7 +214,10 @@ fn interpret(text: &str, damage: Option<Damage>) -> (Element, Option<Damage>) {
 /// none or it is damaged).
 pub fn read_unlocked(path: &Path) -> io::Result<(Element, Option<Damage>, String)> {
     let (text, damage) = match File::open(path) {
-        Ok(file) => read_bounded(&file)?,
+        Ok(file) => {
+            let size = file.metadata()?.len();
+            read_bounded(&file, size)?
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => (String::new(), None),
         Err(e) => return Err(e),
     };
@@ -237,10 +240,9 @@ pub fn changed_lines(old: &str, new: &str) -> Vec<String> {
 }
 
 /// The file's text, read only when it is within [`Limits::STATE`]; otherwise (or when it is
-/// not UTF-8) why not.
-fn read_bounded(mut file: &File) -> io::Result<(String, Option<Damage>)> {
+/// not UTF-8) why not. `size` is what the file's metadata said (the caller has it already).
+fn read_bounded(mut file: &File, size: u64) -> io::Result<(String, Option<Damage>)> {
     let limit = Limits::STATE.bytes as u64;
-    let size = file.metadata()?.len();
     if size > limit {
         return Ok((String::new(), Some(Damage::TooLarge { bytes: size })));
     }
@@ -265,9 +267,7 @@ impl Drop for LockedState {
                 let _ = fs::remove_file(&self.path);
             }
         }
-        // SAFETY: unlocking our own, still open descriptor; closing it would release the lock
-        // as well, this only makes the hand-over to a waiting request explicit
-        unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
+        // the lock goes with the descriptor, which closes when `lock` is dropped right after
     }
 }
 

@@ -70,6 +70,9 @@ fn both_backends_and_cgi_see_each_others_writes() {
     let new = old.replace("all-default\nconfig add CMD0 /location all-default", "all-default\nconfig add CMD0 /location all-DEFAULT");
     assert_eq!(old.len(), new.len());
     write_old(&root, "scripts/update-all-default.txt", &new, 10);
+    // a long-running process looks at a snippet it has validated at most once a second
+    // (FileCache::RECHECK_AFTER, as for the configuration below)
+    std::thread::sleep(Duration::from_millis(1100));
     let mut new_check = None;
     for _ in 0..ROUNDS {
         let answer = poll(&old_check);
