@@ -527,33 +527,39 @@ pub fn escape(text: &str, attribute: bool) -> String {
 }
 
 /// [`escape`], appended to `out`. Runs of characters that need nothing are copied as one
-/// slice: state files are written on every poll and almost all of their text is plain.
+/// slice: state files are written on every poll and almost all of their text is plain. Looks
+/// at bytes, not characters: everything that needs care is ASCII but the two non-characters
+/// U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`), and every position where one starts is a
+/// character boundary.
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
-    // most values (an address, a build, a time stamp) need nothing: one look at the bytes and
-    // one copy (every byte that may need care is a control character, non-ASCII or markup)
-    let may_need_care = |b: u8| !(0x20..0x80).contains(&b) || matches!(b, b'&' | b'<' | b'>') || (attribute && b == b'"');
-    if !text.bytes().any(may_need_care) {
-        out.push_str(text);
-        return;
-    }
-    let mut plain_from = 0;
-    for (at, c) in text.char_indices() {
-        let replacement = match c {
-            '&' => "&amp;",
-            '<' => "&lt;",
-            '>' => "&gt;",
-            '"' if attribute => "&quot;",
-            '\n' if attribute => "&#10;",
-            '\r' if attribute => "&#13;",
-            '\t' if attribute => "&#9;",
-            // characters XML 1.0 cannot carry at all are dropped rather than producing a file
-            // nobody can read back
-            c if !is_xml_char(c) => "",
-            _ => continue,
+    let bytes = text.as_bytes();
+    let (mut plain_from, mut at) = (0, 0);
+    while at < bytes.len() {
+        let (replacement, length) = match bytes[at] {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'"' if attribute => ("&quot;", 1),
+            b'\n' if attribute => ("&#10;", 1),
+            b'\r' if attribute => ("&#13;", 1),
+            b'\t' if attribute => ("&#9;", 1),
+            // characters XML 1.0 cannot carry at all (see [`is_xml_char`]) are dropped rather
+            // than producing a file nobody can read back
+            b'\t' | b'\n' | b'\r' => {
+                at += 1;
+                continue;
+            }
+            0x00..=0x1F => ("", 1),
+            0xEF if matches!(bytes.get(at + 1..at + 3), Some([0xBF, 0xBE | 0xBF])) => ("", 3),
+            _ => {
+                at += 1;
+                continue;
+            }
         };
         out.push_str(&text[plain_from..at]);
         out.push_str(replacement);
-        plain_from = at + c.len_utf8();
+        at += length;
+        plain_from = at;
     }
     out.push_str(&text[plain_from..]);
 }
@@ -736,7 +742,39 @@ mod tests {
         e
     }
 
+    /// Escaping character by character, as [`is_xml_char`] says: the oracle for the bytewise
+    /// [`escape_into`].
+    fn escape_by_chars(text: &str, attribute: bool) -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' if attribute => out.push_str("&quot;"),
+                '\n' if attribute => out.push_str("&#10;"),
+                '\r' if attribute => out.push_str("&#13;"),
+                '\t' if attribute => out.push_str("&#9;"),
+                c if !is_xml_char(c) => {}
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_non_characters_and_controls_are_dropped() {
+        assert_eq!(escape("a\u{FFFE}b\u{FFFF}c\u{FFFD}\u{1}\u{7F}", true), "abc\u{FFFD}\u{7F}");
+        assert_eq!(escape("x\ty\n\"&", false), "x\ty\n\"&amp;");
+    }
+
     proptest! {
+        #[test]
+        fn bytewise_escaping_is_escaping_by_characters(text in any::<String>(), near in "[\u{FFF0}-\u{FFFF}\u{0}-\u{20}&<>\"a]{0,12}", attribute in any::<bool>()) {
+            prop_assert_eq!(escape(&text, attribute), escape_by_chars(&text, attribute));
+            prop_assert_eq!(escape(&near, attribute), escape_by_chars(&near, attribute));
+        }
+
         #[test]
         fn any_attribute_value_survives_writing(value in "\\PC*") {
             let mut e = Element::new("device");
