@@ -201,11 +201,20 @@ fn interpret(text: &str, damage: Option<Damage>) -> (Element, Option<Damage>) {
     match damage {
         Some(damage) => (Element::new("state"), Some(damage)),
         None if text.trim().is_empty() => (Element::new("state"), None),
-        None => match Element::parse_within(text, &Limits::STATE) {
-            Ok(root) if root.name == "state" => (root, None),
-            Ok(root) => (Element::new("state"), Some(Damage::Unreadable(format!("the root element is <{}>, not <state>", root.name)))),
-            Err(e) => (Element::new("state"), Some(Damage::Unreadable(e.to_string()))),
+        // almost always: the file as the poll before wrote it
+        None => match Element::parse_as_written(text, LAYOUT, &Limits::STATE) {
+            Some(root) if root.name == "state" => (root, None),
+            _ => parse_state(text),
         },
+    }
+}
+
+/// A state file in any other form (the old server's, an edit, damage): parsed in full.
+fn parse_state(text: &str) -> (Element, Option<Damage>) {
+    match Element::parse_within(text, &Limits::STATE) {
+        Ok(root) if root.name == "state" => (root, None),
+        Ok(root) => (Element::new("state"), Some(Damage::Unreadable(format!("the root element is <{}>, not <state>", root.name)))),
+        Err(e) => (Element::new("state"), Some(Damage::Unreadable(e.to_string()))),
     }
 }
 
@@ -246,9 +255,22 @@ fn read_bounded(mut file: &File, size: u64) -> io::Result<(String, Option<Damage
     if size > limit {
         return Ok((String::new(), Some(Damage::TooLarge { bytes: size })));
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // bounded even if the file grows meanwhile (a writer that ignores the lock)
-    Read::by_ref(&mut file).take(limit + 1).read_to_end(&mut bytes)?;
+    // One read asking for a byte more than the metadata said: a file of that size (the locked
+    // file, as always) answers it with exactly its size, which tells its end without the extra
+    // read `read_to_end` makes to see zero bytes.
+    let mut bytes = vec![0; size as usize + 1];
+    let first = loop {
+        match file.read(&mut bytes) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    bytes.truncate(first);
+    if first as u64 != size {
+        // shorter or longer than it said (a writer that ignores the lock): read to its end,
+        // bounded even if it keeps growing
+        Read::by_ref(&mut file).take(limit + 1 - first as u64).read_to_end(&mut bytes)?;
+    }
     if bytes.len() as u64 > limit {
         return Ok((String::new(), Some(Damage::TooLarge { bytes: bytes.len() as u64 })));
     }
@@ -678,6 +700,23 @@ mod tests {
         locked.save().unwrap();
         assert!(fs::metadata(&path).unwrap().len() < 100);
         assert!(!set_aside_path(&path).exists());
+    }
+
+    #[test]
+    fn a_file_is_read_whole_whatever_its_metadata_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.xml");
+        let text = "<state seen=\"1\"/>\n".repeat(40);
+        fs::write(&path, &text).unwrap();
+        let file = File::open(&path).unwrap();
+        let real = text.len() as u64;
+        // the size the metadata gave, a stale smaller one (the file grew) and a larger one
+        for said in [real, real / 2, 0, real + 100] {
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::Start(0)).unwrap();
+            let (read, damage) = read_bounded(&file, said).unwrap();
+            assert_eq!((read.as_str(), damage), (text.as_str(), None), "size said: {said}");
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! XML → device state → XML (src/xml.rs, src/state.rs, src/queries.rs): the input is read the
 //! way a poll reads `status/<sn>.xml` and the way `mode=query` reads a device's answer; the
 //! state is changed as a poll changes it, written, and read back. Writing must give a document
-//! that parses again to the same tree (text compared trimmed, as the writer indents).
+//! that parses again to the same tree (text compared trimmed, as the writer indents). The
+//! reader of files as this server wrote them (`Element::parse_as_written`) must give exactly
+//! the parser's tree for whatever it accepts, the input itself and every state written here.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use update_server::xml::Element;
+use update_server::xml::{Element, Limits};
 use update_server::{queries, state};
 
 const NOW: i64 = 1_800_000_000;
@@ -15,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    as_written_reads_as_parsed(text);
     // as a state file on a poll
     if let Ok(mut doc) = Element::parse(text) {
         if doc.name == "state" {
@@ -25,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
             let written = doc.to_document();
             read_back(&doc, &written);
             check_in_place_update(text, &written);
+            as_written_reads_as_parsed(&state::render(&doc));
         }
     }
     // as a query answer stored into a device's state
@@ -36,6 +40,17 @@ fuzz_target!(|data: &[u8]| {
         read_back(&doc, &written);
     }
 });
+
+/// What the reader of files as written accepts, the parser reads as the very same tree (text
+/// runs included).
+fn as_written_reads_as_parsed(text: &str) {
+    if let Some(fast) = Element::parse_as_written(text, state::LAYOUT, &Limits::STATE) {
+        match Element::parse_within(text, &Limits::STATE) {
+            Ok(parsed) => assert!(first_difference(&fast, &parsed).is_none() && fast == parsed, "read as written differently:\n{text}"),
+            Err(error) => panic!("read as written, but the parser refuses it: {error}\n{text}"),
+        }
+    }
+}
 
 /// The written document must parse (the next poll reads it) and give the same tree back.
 fn read_back(original: &Element, written: &str) {
