@@ -9,7 +9,6 @@
 //! ROOT/body.txt (`bench/backup.py`'s `config_body` makes one); its `backup/` and `status/`
 //! are written.
 
-use std::collections::HashMap;
 use update_server::app::App;
 use update_server::http::{Handler, Request};
 
@@ -17,7 +16,7 @@ const DEVICES: usize = 100;
 
 fn put(device: usize, body: &[u8]) -> Request {
     let query = format!("mode=backup&hwid=IP232-30-00-{device:02x}&sn=00-90-33-30-00-{device:02x}");
-    let vars: HashMap<String, String> = [
+    let vars: update_server::http::Vars = [
         ("SCRIPT_NAME", "/update/update.php".to_string()),
         ("QUERY_STRING", query),
         ("REQUEST_METHOD", "PUT".to_string()),

@@ -6,7 +6,6 @@
 //!
 //! ROOT is an install tree with a configuration and snippets (its `status/` is written).
 
-use std::collections::HashMap;
 use update_server::app::App;
 use update_server::http::{Handler, Request};
 
@@ -14,7 +13,7 @@ const DEVICES: usize = 1000;
 
 fn poll(serial: usize, check: &str) -> Request {
     let (high, low) = (serial / 256, serial % 256);
-    let vars: HashMap<String, String> = [
+    let vars: update_server::http::Vars = [
         ("SCRIPT_NAME", "/update/update.php".to_string()),
         (
             "QUERY_STRING",

@@ -6,7 +6,6 @@ use crate::config::Config;
 use crate::http::{Handler, Request, Response};
 use crate::route::Route;
 use crate::script::{self, Call};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,7 +38,7 @@ impl App {
 
     /// The install directory for this request: the configured one, else the folder of the
     /// script file the web server named (its parent for the admin page).
-    fn root_for(&self, vars: &HashMap<String, String>, route: Route) -> PathBuf {
+    fn root_for(&self, vars: &crate::http::Vars, route: Route) -> PathBuf {
         if let Some(root) = &self.root_override {
             return root.clone();
         }
@@ -214,7 +213,7 @@ impl Handler for App {
         response
     }
 
-    fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+    fn body_limit(&self, vars: &crate::http::Vars) -> usize {
         let route = Route::of(vars.get("SCRIPT_NAME").map_or("", String::as_str));
         match route {
             Route::Update => {

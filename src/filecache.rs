@@ -9,7 +9,10 @@
 //! long-running process within a second, and a busy one stats a file once a second instead of
 //! three times per poll.
 
-use std::collections::{HashMap, HashSet};
+// keys are the operator's folders and file names (listed, never sent by a client); a poll
+// looks up a dozen candidates, so the cheaper hash counts
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,6 @@
 //! request a web server would hand the application, so the answer is the one a real poll gets.
 
 use crate::http::Request;
-use std::collections::HashMap;
 
 /// What a preview asks about: the device and how it reaches the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,7 +105,7 @@ impl PreviewArgs {
                 .join("&"),
         };
         let ip = self.args.iter().find(|(k, _)| k == "ip").map(|(_, v)| v.clone());
-        let mut vars: HashMap<String, String> = HashMap::new();
+        let mut vars = crate::http::Vars::default();
         let mut set = |name: &str, value: String| {
             vars.insert(name.to_string(), value);
         };

@@ -6,7 +6,6 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::path::Path;
 use support::*;
 use update_server::app::App;
@@ -69,7 +68,7 @@ fn poll(device: usize, check: Option<&str>) -> Request {
         query.push_str("&CHECK=");
         query.push_str(check);
     }
-    let vars: HashMap<String, String> = [
+    let vars: update_server::http::Vars = [
         ("SCRIPT_NAME", "/update/update.php"),
         ("QUERY_STRING", query.as_str()),
         ("HTTP_HOST", "update.example.com"),

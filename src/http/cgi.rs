@@ -27,7 +27,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Reads the request the web server handed us, answers it, and returns.
 pub fn run(handler: &dyn Handler) -> io::Result<()> {
-    let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let vars: super::Vars = std::env::vars().collect();
     let mut stdin = Stdin::new();
     let response = match body_kind(vars.get("CONTENT_LENGTH").map(String::as_str), vars.get("REQUEST_METHOD").map(String::as_str)) {
         Err(()) => Response::text(400, "# malformed CONTENT_LENGTH - exit\r\n"),

@@ -10,7 +10,6 @@ use super::connections::{
     self, body_time, is_timeout, Deadline, DeadlineReader, Phase, Slot, HEAD_TIME,
 };
 use super::{body_limit, body_too_large, Handler, Request, Response, MAX_BODY_BYTES};
-use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -281,7 +280,7 @@ struct Pending {
     keep_conn: bool,
     params: Vec<u8>,
     /// Set once the PARAMS stream has ended.
-    vars: Option<HashMap<String, String>>,
+    vars: Option<super::Vars>,
     body: Vec<u8>,
     /// The largest body the application takes for this request, known once PARAMS ended.
     limit: usize,
@@ -497,7 +496,7 @@ impl Pending {
         }
         match decode_params(&self.params) {
             Ok(pairs) => {
-                let mut vars: HashMap<String, String> = pairs.into_iter().collect();
+                let mut vars: super::Vars = pairs.into_iter().collect();
                 strip_proxy_prefix(&mut vars);
                 self.limit = limits.map_or(MAX_BODY_BYTES, |handler| body_limit(handler, &vars));
                 if declared_length(&vars) > self.limit {
@@ -566,7 +565,7 @@ impl Pending {
 /// Apache's mod_proxy_fcgi names the script `proxy:fcgi://HOST:PORT/path/to/update.php` (and
 /// `proxy:balancer://NAME/…` behind a balancer): the file is the path after the host, which is
 /// what PHP-FPM takes from it too (without a query string a `RewriteRule` may have appended).
-fn strip_proxy_prefix(vars: &mut HashMap<String, String>) {
+fn strip_proxy_prefix(vars: &mut super::Vars) {
     if let Some(filename) = vars.get_mut("SCRIPT_FILENAME") {
         if let Some(path) = proxied_script_path(filename) {
             *filename = path.to_string();
@@ -586,7 +585,7 @@ fn proxied_script_path(filename: &str) -> Option<&str> {
 
 /// CONTENT_LENGTH as the web server declared it; unparsable counts as zero because the body
 /// itself is bounded while it arrives.
-fn declared_length(vars: &HashMap<String, String>) -> usize {
+fn declared_length(vars: &super::Vars) -> usize {
     vars.get("CONTENT_LENGTH")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
@@ -1427,7 +1426,7 @@ mod tests {
         ] {
             assert_eq!(proxied_script_path(given), path, "{given}");
         }
-        let mut vars = HashMap::from([("SCRIPT_FILENAME".to_string(), "proxy:fcgi://h:1/r/update.php".to_string())]);
+        let mut vars: crate::http::Vars = [("SCRIPT_FILENAME".to_string(), "proxy:fcgi://h:1/r/update.php".to_string())].into_iter().collect();
         strip_proxy_prefix(&mut vars);
         assert_eq!(vars["SCRIPT_FILENAME"], "/r/update.php");
     }
@@ -1439,7 +1438,7 @@ mod tests {
             fn handle(&self, _: Request) -> Response {
                 Response::text(200, "")
             }
-            fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+            fn body_limit(&self, vars: &crate::http::Vars) -> usize {
                 if vars.contains_key("SMALL") { 10 } else { usize::MAX }
             }
         }

@@ -32,7 +32,6 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -803,7 +802,7 @@ impl Site {
     }
 
     /// Runs the application on the blocking pool, at most `workers` requests at once.
-    async fn call(&self, vars: HashMap<String, String>, body: Vec<u8>) -> Response {
+    async fn call(&self, vars: super::Vars, body: Vec<u8>) -> Response {
         let Ok(permit) = Arc::clone(&self.gate).acquire_owned().await else {
             return Response::text(503, "# server busy - exit\r\n");
         };
@@ -883,8 +882,8 @@ impl Site {
         query: &str,
         script: &str,
         body_length: usize,
-    ) -> HashMap<String, String> {
-        let mut vars = HashMap::new();
+    ) -> super::Vars {
+        let mut vars = super::Vars::default();
         for (name, value) in &head.headers {
             let Some(variable) = header_variable(name.as_str()) else {
                 continue;

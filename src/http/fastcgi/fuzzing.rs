@@ -24,7 +24,7 @@ impl Handler for Echo {
         Response::text(200, request.body)
     }
 
-    fn body_limit(&self, vars: &HashMap<String, String>) -> usize {
+    fn body_limit(&self, vars: &crate::http::Vars) -> usize {
         let backup = vars.get("QUERY_STRING").is_some_and(|q| q.contains("mode=backup"));
         if backup {
             MAX_BODY_BYTES
