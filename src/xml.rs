@@ -602,13 +602,21 @@ fn read_as_written(body: &str, limits: &Limits) -> Option<Element> {
                         return None;
                     }
                     let value_start = after_key + 2;
-                    let value_end = value_start + memchr::memchr(b'"', &bytes[value_start..])?;
-                    let raw = &body[value_start..value_end];
-                    if memchr::memchr(b'<', raw.as_bytes()).is_some() {
-                        return None;
-                    }
-                    let mut value = String::with_capacity(raw.len());
-                    decode_references(raw, &mut value)?;
+                    let rest = &bytes[value_start..];
+                    let stop = memchr::memchr3(b'"', b'<', b'&', rest)?;
+                    let (value, value_end) = if rest[stop] == b'"' {
+                        // nothing escaped, as in nearly every value
+                        (body[value_start..value_start + stop].to_string(), value_start + stop)
+                    } else {
+                        let value_end = value_start + memchr::memchr(b'"', rest)?;
+                        let raw = &body[value_start..value_end];
+                        if memchr::memchr(b'<', raw.as_bytes()).is_some() {
+                            return None;
+                        }
+                        let mut value = String::with_capacity(raw.len());
+                        decode_references(raw, &mut value)?;
+                        (value, value_end)
+                    };
                     element.attrs.push((key.to_string(), value));
                     i = value_end + 1;
                 }
@@ -672,34 +680,39 @@ pub fn escape(text: &str, attribute: bool) -> String {
 }
 
 /// [`escape`], appended to `out`. Runs of characters that need nothing are copied as one
-/// slice: state files are written on every poll and almost all of their text is plain. Looks
-/// at bytes, not characters: everything that needs care is ASCII but the two non-characters
-/// U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`), and every position where one starts is a
-/// character boundary.
+/// slice, found by a table lookup per byte: state files are written on every poll and almost
+/// all of their text is plain. Looks at bytes, not characters: everything that needs care is
+/// ASCII but the two non-characters U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`), and every
+/// position where one starts is a character boundary.
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
+    let needs_care = if attribute { &ATTRIBUTE_CARE } else { &CONTENT_CARE };
     let bytes = text.as_bytes();
     let (mut plain_from, mut at) = (0, 0);
-    while at < bytes.len() {
-        let (replacement, length) = match bytes[at] {
+    loop {
+        while at < bytes.len() && !needs_care[usize::from(bytes[at])] {
+            at += 1;
+        }
+        let Some(&byte) = bytes.get(at) else {
+            break;
+        };
+        let (replacement, length) = match byte {
             b'&' => ("&amp;", 1),
             b'<' => ("&lt;", 1),
             b'>' => ("&gt;", 1),
-            b'"' if attribute => ("&quot;", 1),
-            b'\n' if attribute => ("&#10;", 1),
-            b'\r' if attribute => ("&#13;", 1),
-            b'\t' if attribute => ("&#9;", 1),
+            // the next four need care in attribute values only (see the tables)
+            b'"' => ("&quot;", 1),
+            b'\n' => ("&#10;", 1),
+            b'\r' => ("&#13;", 1),
+            b'\t' => ("&#9;", 1),
             // characters XML 1.0 cannot carry at all (see [`is_xml_char`]) are dropped rather
             // than producing a file nobody can read back
-            b'\t' | b'\n' | b'\r' => {
-                at += 1;
-                continue;
-            }
-            0x00..=0x1F => ("", 1),
             0xEF if matches!(bytes.get(at + 1..at + 3), Some([0xBF, 0xBE | 0xBF])) => ("", 3),
-            _ => {
+            // another character from U+F000 to U+FFFF: plain
+            0xEF => {
                 at += 1;
                 continue;
             }
+            _ => ("", 1),
         };
         out.push_str(&text[plain_from..at]);
         out.push_str(replacement);
@@ -707,6 +720,28 @@ pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
         plain_from = at;
     }
     out.push_str(&text[plain_from..]);
+}
+
+/// The bytes [`escape_into`] looks at in element text: markup, the controls XML cannot carry
+/// (tab, line feed and carriage return it can), and the first byte of U+FFFE / U+FFFF.
+static CONTENT_CARE: [bool; 256] = care_table(false);
+/// In a double-quoted attribute value also the quote, and tab, line feed and carriage return,
+/// which a parser would turn into spaces unless written as references.
+static ATTRIBUTE_CARE: [bool; 256] = care_table(true);
+
+const fn care_table(attribute: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut control = 0;
+    while control < 0x20 {
+        table[control] = attribute || !matches!(control as u8, b'\t' | b'\n' | b'\r');
+        control += 1;
+    }
+    table[b'&' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'"' as usize] = attribute;
+    table[0xEF] = true;
+    table
 }
 
 /// Whether XML 1.0 can carry the character at all.

@@ -18,7 +18,15 @@ impl Script {
 
     /// A line for people reading the answer; devices ignore it.
     pub fn comment(&mut self, text: impl AsRef<str>) {
-        for line in text.as_ref().split('\n') {
+        let text = text.as_ref();
+        if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_none() {
+            // one line, as nearly every comment of an answer is
+            self.text.push_str("# ");
+            self.text.push_str(text);
+            self.text.push_str("\r\n");
+            return;
+        }
+        for line in text.split('\n') {
             self.text.push_str("# ");
             self.text.push_str(line.trim_end_matches('\r'));
             self.text.push_str("\r\n");
@@ -72,5 +80,20 @@ impl Script {
 
     pub fn into_text(self) -> String {
         self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Script;
+
+    #[test]
+    fn a_comment_is_a_hash_line_per_line_of_its_text() {
+        let mut script = Script::new();
+        script.comment("one line");
+        script.comment("two\nlines\r\nhere\r");
+        script.comment("");
+        script.comment_args(format_args!("{} {}", "formatted", 1));
+        assert_eq!(script.into_text(), "# one line\r\n# two\r\n# lines\r\n# here\r\n# \r\n# formatted 1\r\n");
     }
 }
