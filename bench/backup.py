@@ -127,13 +127,16 @@ def prime(port, root, n, body):
     return paths, max(sizes)
 
 
-def run_wrk(args, port, paths_file, body_file):
+def run_wrk(args, port, paths_file, body_file, measuring=None):
+    """As bench/poll.py's run_wrk, with a PUT of body_file to every path."""
     env = dict(os.environ, WRK_PATHS=paths_file, WRK_BODY=body_file)
     base = ["wrk", "-t%d" % args.threads, "-c%d" % args.connections, "--timeout", "10s",
             "-s", os.path.join(HERE, "put.lua"), "http://127.0.0.1:%d" % port]
     if args.warmup > 0:
         subprocess.run(base[:1] + ["-d%ds" % args.warmup] + base[1:], env=env, check=True,
                        stdout=subprocess.DEVNULL, timeout=args.warmup + 60)
+    if measuring:
+        measuring()
     out = subprocess.run(base[:1] + ["-d%ds" % args.duration] + base[1:], env=env, check=True,
                          stdout=subprocess.PIPE, timeout=args.duration + 60).stdout.decode()
     values = dict((m.group(1), int(m.group(2))) for m in re.finditer(r"^BENCH (\S+) (\d+)$", out, re.M))
@@ -156,8 +159,8 @@ def measure(args, server, port, name, paths, body_file, exe):
         return {"name": name, "failed": "probe answered %d" % status}
     pids = server.backends(exe)
     watched = [server.proc.pid] + pids
-    before = {pid: cpu_ticks(pid) for pid in watched}
-    result = run_wrk(args, port, paths_file, body_file)
+    before = {}
+    result = run_wrk(args, port, paths_file, body_file, lambda: before.update({pid: cpu_ticks(pid) for pid in watched}))
     after = {pid: cpu_ticks(pid) for pid in watched}
     requests = max(result["requests"], 1)
     used = {pid: (after[pid] - before[pid]) / CLK_TCK for pid in watched}

@@ -175,13 +175,13 @@ def prime(port, prefix, devices, body):
     return {"steady": steady, "full": full, "first": [prefix + "/update.php"], "backup": backups}, sizes
 
 
-def run_wrk(args, port, paths_file, body_file):
-    """wrk over the paths (a PUT of body_file to each when given); "bad" counts every error
-    and every answer that is not 2xx."""
+def run_wrk(args, port, paths_file, body_file, measuring):
+    """wrk over the paths (a PUT of body_file to each when given), `measuring` called after
+    the warm-up; "bad" counts every error and every answer that is not 2xx."""
     if body_file:
-        values = backup.run_wrk(args, port, paths_file, body_file)
+        values = backup.run_wrk(args, port, paths_file, body_file, measuring)
     else:
-        values = poll.run_wrk(args, port, paths_file)
+        values = poll.run_wrk(args, port, paths_file, measuring)
     values["bad"] = values.get("errors", 0) + values.get("non_200", 0) + values.get("non_2xx", 0)
     return values
 
@@ -199,8 +199,9 @@ def measure_once(args, server, port, paths, body_file, exe, tree):
     with open(paths_file, "w") as f:
         f.write("\n".join(paths) + "\n")
     pids = server.backends(exe) if exe else []
-    before = {pid: cpu_ticks(pid) for pid in pids}
-    result = run_wrk(args, port, paths_file, body_file)
+    # read after the warm-up: its requests are not counted, so neither is its CPU time
+    before = {}
+    result = run_wrk(args, port, paths_file, body_file, lambda: before.update({pid: cpu_ticks(pid) for pid in pids}))
     requests = max(result["requests"], 1)
     cpu = sum(cpu_ticks(p) - before[p] for p in pids) / CLK_TCK / requests * 1e6 if pids else None
     return {"rps": result["rps"], "cpu_us": cpu, "bad": result["bad"],
