@@ -24,7 +24,7 @@ bench/results/ (git-ignored) as backup-<stamp>.md and .json.
 
 Usage (needs lighttpd, wrk, python3, cargo; Debian: apt-get install lighttpd wrk):
 
-    python3 bench/backup.py                    # build release, 100 devices, 10 s per target
+    python3 bench/backup.py                    # build (profile dist), 100 devices, 10 s per target
     python3 bench/backup.py --devices 1        # one device, every PUT on the same lock
     python3 bench/backup.py --no-build --duration 5 --keep
 

@@ -24,7 +24,7 @@ backends' peak RSS (VmHWM). Results go to bench/results/ (git-ignored) as .md an
 
 Usage (from anywhere; needs lighttpd, wrk, python3, cargo; Debian: apt-get install lighttpd wrk):
 
-    python3 bench/poll.py                      # build release, 1,000 devices, 10 s per target
+    python3 bench/poll.py                      # build (profile dist), 1,000 devices, 10 s per target
     python3 bench/poll.py --duration 30 --connections 64 --devices 5000
     python3 bench/poll.py --no-build --keep    # reuse the built binaries, keep the temp dir
 
@@ -86,13 +86,15 @@ def target_dir():
 
 
 def build(args):
+    """The binaries measured, in the profile that ships (dist: release with whole-program LTO,
+    as tools/package builds it); the no-work responder in the same profile."""
     if not args.no_build:
-        log("== cargo build --release (update-server, examples/noop_fastcgi)")
-        subprocess.run(["cargo", "build", "--release", "--bin", "update-server", "--example", "noop_fastcgi"],
+        log("== cargo build --profile dist (update-server, examples/noop_fastcgi)")
+        subprocess.run(["cargo", "build", "--profile", "dist", "--bin", "update-server", "--example", "noop_fastcgi"],
                        cwd=REPO, check=True)
     tdir = target_dir()
-    server = os.path.join(tdir, "release", "update-server")
-    noop = os.path.join(tdir, "release", "examples", "noop_fastcgi")
+    server = os.path.join(tdir, "dist", "update-server")
+    noop = os.path.join(tdir, "dist", "examples", "noop_fastcgi")
     for path in (server, noop):
         if not os.access(path, os.X_OK):
             die("missing %s (run without --no-build)" % path)

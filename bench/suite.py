@@ -29,7 +29,7 @@ CPU µs per request (utime+stime of lighttpd's children from /proc), the backend
 
 Usage (needs lighttpd, wrk, python3, cargo; php-cgi for the old server's row):
 
-    python3 bench/suite.py                          # build release, 3 rounds of 5 s
+    python3 bench/suite.py                          # build (profile dist), 3 rounds of 5 s
     python3 bench/suite.py --no-build --duration 3 --scenarios steady,first
     python3 bench/suite.py --php-tree /path/to/php-update-server
 
