@@ -376,8 +376,7 @@ pub fn device(state: &mut Element) -> &mut Element {
 /// Appends a log message for people (`msg=""` marks the start of a request).
 pub fn log(state: &mut Element, now: i64, message: &str) {
     let mut entry = Element::new("msgs");
-    entry.put_attr("time", &now.to_string());
-    entry.put_attr("msg", message);
+    entry.attrs = vec![("time".to_string(), now.to_string()), ("msg".to_string(), message.to_string())];
     state.children.push(entry);
 }
 
@@ -408,11 +407,48 @@ pub const MAX_LOG_ENTRIES: usize = 200;
 /// Logs each of `notes` and drops what is older than `keep_secs`: what every saved request does
 /// to the log.
 pub fn record<'a>(state: &mut Element, now: i64, notes: impl IntoIterator<Item = &'a String>, keep_secs: i64) {
-    for note in notes {
-        log(state, now, note);
+    let notes: Vec<&String> = notes.into_iter().collect();
+    if !restamp_repeated_request(state, now, &notes) {
+        for note in notes {
+            log(state, now, note);
+        }
+        drop_repeated_request(state);
     }
-    drop_repeated_request(state);
     prune_log(state, now, keep_secs);
+}
+
+/// What logging `notes` and then [`drop_repeated_request`] would make of the log, done in place
+/// where that is plain to see: the log ends with the previous request (its marker and exactly
+/// these notes, as [`log`] writes entries) and the marker of this one. The previous request's
+/// entries then take this request's time and this marker goes, which leaves the very tree the
+/// longer way leaves, without making the entries only to drop their copies (a steady poll, all
+/// day). `false`, and nothing changed, in any other case.
+fn restamp_repeated_request(state: &mut Element, now: i64, notes: &[&String]) -> bool {
+    if notes.is_empty() {
+        // a request without notes moved its marker already (mark_request)
+        return false;
+    }
+    let entries = notes.len() + 2;
+    let Some(start) = state.children.len().checked_sub(entries) else { return false };
+    let tail = &state.children[start..];
+    let as_logged = |entry: &Element, message: &str| {
+        entry.name == "msgs"
+            && entry.text.is_empty()
+            && entry.children.is_empty()
+            && matches!(entry.attrs.as_slice(), [(time, _), (msg, m)] if time == "time" && msg == "msg" && m == message)
+    };
+    let repeated = notes.iter().zip(&tail[1..]).all(|(note, entry)| as_logged(entry, note))
+        && as_logged(&tail[0], "")
+        && as_logged(&tail[entries - 1], "");
+    if !repeated {
+        return false;
+    }
+    state.children.pop();
+    let stamp = now.to_string();
+    for entry in &mut state.children[start..] {
+        entry.attrs[0].1.clone_from(&stamp);
+    }
+    true
 }
 
 /// When the request just logged (the entries from the last start marker on) says exactly what
@@ -627,6 +663,38 @@ mod tests {
         s.children.iter().filter(|c| c.name == "msgs").map(|c| (c.attr("time").unwrap().to_string(), c.attr("msg").unwrap().to_string())).collect()
     }
 
+    /// [`record`] the long way: every note logged, then the repeated request dropped.
+    fn record_by_appending(state: &mut Element, now: i64, notes: &[String], keep_secs: i64) {
+        for note in notes {
+            log(state, now, note);
+        }
+        drop_repeated_request(state);
+        prune_log(state, now, keep_secs);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn restamping_a_repeated_request_leaves_the_tree_logging_it_leaves(
+            requests in proptest::collection::vec(proptest::collection::vec("[ab]", 0..3), 1..8),
+            others in proptest::collection::vec(0usize..8, 0..3),
+        ) {
+            let (mut fast, mut slow) = (Element::new("state"), Element::new("state"));
+            for (i, notes) in requests.iter().enumerate() {
+                let now = 100 + i as i64;
+                for state in [&mut fast, &mut slow] {
+                    if others.contains(&i) {
+                        // something else between the log entries (a delivered file's entry)
+                        state.children.push(Element::new("config"));
+                    }
+                    mark_request(state, now);
+                }
+                record(&mut fast, now, notes, 1_000_000);
+                record_by_appending(&mut slow, now, notes, 1_000_000);
+                proptest::prop_assert_eq!(&fast, &slow, "after request {} {:?}", i, notes);
+            }
+        }
+    }
+
     #[test]
     fn a_request_that_repeats_the_one_before_replaces_it() {
         let notes = |texts: &[&str]| texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
@@ -658,6 +726,13 @@ mod tests {
         mark_request(&mut s, 6);
         record(&mut s, 6, &notes(&["no certificate checking"]), 1_000_000);
         assert_eq!(log_of(&s).len(), 11);
+        // nor is one whose notes are only the end of the previous request's
+        mark_request(&mut s, 7);
+        record(&mut s, 7, &notes(&["reset", "no certificate checking"]), 1_000_000);
+        mark_request(&mut s, 8);
+        record(&mut s, 8, &notes(&["no certificate checking"]), 1_000_000);
+        assert_eq!(log_of(&s).len(), 16);
+        assert_eq!(log_of(&s)[11..13], [("7".to_string(), "".to_string()), ("7".into(), "reset".into())]);
     }
 
     #[test]
