@@ -216,12 +216,23 @@ pub fn run_with_timeout(command: Command, limit: Duration) -> std::process::Outp
     run_with_input(command, b"", limit)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, and never handed out before in this test
+/// binary: the kernel may give the same ephemeral port to the next bind once the first
+/// listener is closed, and a test asking for two ports (nginx's plain and TLS `listen`) once
+/// got the same one twice ("a duplicate listen").
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral loopback port")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("binding an ephemeral loopback port")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `GET` over HTTP/1.0 to 127.0.0.1:`port` with `Host: host`; every step has a time-out.
