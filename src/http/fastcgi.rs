@@ -1086,8 +1086,16 @@ pub(crate) mod pool {
 
     /// A counting semaphore: at most `permits` holders at once.
     pub(crate) struct Gate {
-        free: Mutex<usize>,
+        count: Mutex<Count>,
         freed: Condvar,
+    }
+
+    struct Count {
+        free: usize,
+        /// Threads in `enter` waiting for a permit: a permit given back wakes one only when
+        /// there is one, because a condition variable's notify is a futex system call even
+        /// with nobody waiting, once per request.
+        waiting: usize,
     }
 
     pub(crate) struct Permit<'a>(&'a Gate);
@@ -1095,28 +1103,32 @@ pub(crate) mod pool {
     impl Gate {
         pub(crate) fn new(permits: usize) -> Gate {
             Gate {
-                free: Mutex::new(permits.max(1)),
+                count: Mutex::new(Count { free: permits.max(1), waiting: 0 }),
                 freed: Condvar::new(),
             }
         }
 
         pub(crate) fn enter(&self) -> Permit<'_> {
-            let mut free = lock(&self.free);
-            while *free == 0 {
-                free = self
-                    .freed
-                    .wait(free)
-                    .unwrap_or_else(PoisonError::into_inner);
+            let mut count = lock(&self.count);
+            while count.free == 0 {
+                count.waiting += 1;
+                count = self.freed.wait(count).unwrap_or_else(PoisonError::into_inner);
+                count.waiting -= 1;
             }
-            *free -= 1;
+            count.free -= 1;
             Permit(self)
         }
     }
 
     impl Drop for Permit<'_> {
         fn drop(&mut self) {
-            *lock(&self.0.free) += 1;
-            self.0.freed.notify_one();
+            let mut count = lock(&self.0.count);
+            count.free += 1;
+            let someone_waits = count.waiting > 0;
+            drop(count);
+            if someone_waits {
+                self.0.freed.notify_one();
+            }
         }
     }
 }
@@ -1597,6 +1609,26 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    }
+
+    #[test]
+    fn a_permit_given_back_lets_a_waiting_thread_in() {
+        let gate = Arc::new(pool::Gate::new(1));
+        let held = gate.enter();
+        let (entered, got_in) = std::sync::mpsc::channel();
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let _permit = gate.enter();
+                entered.send(()).unwrap();
+            })
+        };
+        assert!(got_in.recv_timeout(Duration::from_millis(100)).is_err(), "entered while the only permit was held");
+        drop(held);
+        got_in.recv_timeout(Duration::from_secs(10)).expect("the waiting thread got the permit given back");
+        waiter.join().unwrap();
+        // and the permit came back once more: the gate is free again
+        drop(gate.enter());
     }
 
     /// Runs `serve_connection` on one end of a socket pair while `input` is written to the other
