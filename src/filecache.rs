@@ -79,6 +79,17 @@ struct Signed {
 /// many device-specific snippets fills the list it starts again empty.
 const MAX_SIGNED_SETS: usize = 256;
 
+/// `dir` joined with the relative `names`, allocated once at its final size (`Path::join`
+/// copies `dir` and then grows the copy for the name, two allocations per path of a poll).
+pub fn path_in(dir: &Path, names: &[&str]) -> PathBuf {
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + names.iter().map(|name| name.len() + 1).sum::<usize>());
+    path.push(dir);
+    for name in names {
+        path.push(name);
+    }
+    path
+}
+
 pub struct FileCache {
     listings: Mutex<HashMap<PathBuf, Listing>>,
     files: Mutex<HashMap<PathBuf, Cached>>,
@@ -104,7 +115,7 @@ impl FileCache {
         names
             .iter()
             .filter(|name| present.as_ref().is_none_or(|p| p.contains(name.as_str())))
-            .filter_map(|name| self.read(&dir.join(name)).map(|snippet| (name.clone(), snippet)))
+            .filter_map(|name| self.read(&path_in(dir, &[name])).map(|snippet| (name.clone(), snippet)))
             .collect()
     }
 
@@ -198,6 +209,20 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_in_a_folder_is_what_joining_gives() {
+        for (dir, names) in [
+            ("/srv/update", &["status", "00-90-33-00-00-01.xml"][..]),
+            ("root", &["scripts"]),
+            ("/srv/update/", &["/var/lib/status", "x.xml"]),
+            ("", &["a", "b/c"]),
+            ("/srv", &[]),
+        ] {
+            let joined = names.iter().fold(std::path::PathBuf::from(dir), |path, name| path.join(name));
+            assert_eq!(path_in(std::path::Path::new(dir), names), joined, "{dir} {names:?}");
+        }
+    }
 
     #[test]
     fn a_signature_is_remembered_for_the_same_contents_only() {

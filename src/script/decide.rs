@@ -199,13 +199,18 @@ impl Poll<'_> {
             }
         };
         state::device(self.state).set_attr("environments", environments.join(", "));
-        self.script.comment_args(format_args!(
-            "phase: {}, nextphase: {}, environment: {}, type: {device_type}, classes: {}",
-            phase.id,
+        self.script.comment_pieces(&[
+            "phase: ",
+            &phase.id,
+            ", nextphase: ",
             next_phase.map_or("", |p| p.id.as_str()),
-            environments.join("+"),
-            classes.join("+")
-        ));
+            ", environment: ",
+            &environments.join("+"),
+            ", type: ",
+            device_type,
+            ", classes: ",
+            &classes.join("+"),
+        ]);
         self.script.blank();
 
         // step 7: a certificate step asked to skip the next poll's scripts
@@ -222,14 +227,16 @@ impl Poll<'_> {
         let dir = &config.times.dir;
         let names = snippets::configured_candidates(config, "txt", &phase.files_of, &classes, serial, &environments);
         let files = self.lookups.snippet_files(dir, &names);
-        self.script.comment_args(format_args!("existing files (from {dir}):"));
+        self.script.comment_pieces(&["existing files (from ", dir, "):"]);
+        let mut digits = itoa::Buffer::new();
         for file in &files {
-            self.script.comment_args(format_args!("> {}: {}", file.display_name, age_text(now - file.mtime)));
+            let (count, unit) = age_in_units(now - file.mtime);
+            self.script.comment_pieces(&["> ", &file.display_name, ": ", digits.format(count), unit]);
         }
         self.script.blank();
-        self.script.comment_args(format_args!("possible further files (from {dir}):"));
+        self.script.comment_pieces(&["possible further files (from ", dir, "):"]);
         for name in names.iter().filter(|n| !files.iter().any(|f| &f.name == *n)) {
-            self.script.comment_args(format_args!("{dir}/{name}"));
+            self.script.comment_pieces(&[dir, "/", name]);
         }
         self.script.blank();
 
@@ -248,7 +255,7 @@ impl Poll<'_> {
         // step 10: grace period, so that a half-edited set of snippets never reaches a device
         if let Some(newest) = files.iter().max_by_key(|f| f.mtime) {
             let age = now - newest.mtime;
-            self.script.comment_args(format_args!("newest script ({}) {age}s old", newest.display_name));
+            self.script.comment_pieces(&["newest script (", &newest.display_name, ") ", itoa::Buffer::new().format(age), "s old"]);
             if age < config.times.grace {
                 self.script.note(format!(
                     "files being updated ({} {age}s old, waiting for at least {}s to expire)",
@@ -389,7 +396,7 @@ impl Poll<'_> {
             let signature = self.lookups.check_signature(&pre, &files, &post);
             if call.arg("CHECK") == Some(signature.as_str()) {
                 // the steady state of every provisioned device: a comment, not a log entry
-                self.script.comment_args(format_args!("CHECK {signature} matches - scripts already executed, nothing to deliver"));
+                self.script.comment_pieces(&["CHECK ", &signature, " matches - scripts already executed, nothing to deliver"]);
                 self.rewrite_if_needed(false);
                 return Ok(self.finish());
             }
@@ -402,12 +409,12 @@ impl Poll<'_> {
         self.script.commands(&pre);
         for file in &files {
             self.script.blank();
-            self.script.comment_args(format_args!("    {}", file.display_name));
+            self.script.comment_pieces(&["    ", &file.display_name]);
             self.script.comment("{ ");
-            self.script.comment_args(format_args!("begin script '{}' ", file.display_name));
+            self.script.comment_pieces(&["begin script '", &file.display_name, "' "]);
             self.script.raw_lines(&file.content);
             self.script.blank();
-            self.script.comment_args(format_args!("end script '{}'", file.display_name));
+            self.script.comment_pieces(&["end script '", &file.display_name, "'"]);
             self.script.comment("}");
             let doc = &mut *self.state;
             let entry = match doc.children.iter().position(|c| c.name == "config" && c.attr("filename") == Some(&file.display_name)) {
@@ -563,7 +570,7 @@ impl Poll<'_> {
             any = true;
         }
         if !any {
-            self.script.comment_args(format_args!("no queries defined for any of callers classes: {}", classes.join("+")));
+            self.script.comment_pieces(&["no queries defined for any of callers classes: ", &classes.join("+")]);
         }
         Ok(())
     }
@@ -796,13 +803,15 @@ pub struct SnippetFile {
     pub content: std::sync::Arc<Vec<u8>>,
 }
 
-fn age_text(seconds: i64) -> String {
+/// A file's age as the answer states it: a whole number of the largest unit that still
+/// counts to at least two, and that unit with its leading space.
+fn age_in_units(seconds: i64) -> (i64, &'static str) {
     match seconds {
-        s if s < 120 => format!("{s} secs"),
-        s if s < 7200 => format!("{} mins", s / 60),
-        s if s < 172800 => format!("{} hours", s / 3600),
-        s if s < 1209600 => format!("{} days", s / 86400),
-        s => format!("{} weeks", s / 604800),
+        s if s < 120 => (s, " secs"),
+        s if s < 7200 => (s / 60, " mins"),
+        s if s < 172800 => (s / 3600, " hours"),
+        s if s < 1209600 => (s / 86400, " days"),
+        s => (s / 604800, " weeks"),
     }
 }
 
@@ -814,6 +823,15 @@ mod tests {
     fn config(user: &str) -> Config {
         let defaults = Element::parse_trusted(include_str!("../../config.xml")).unwrap();
         crate::config::build(defaults, &Element::parse(user).unwrap(), "user-config.xml").unwrap()
+    }
+
+    #[test]
+    fn ages_are_counted_in_the_largest_unit_that_reaches_two() {
+        let cases = [(0, 0, " secs"), (119, 119, " secs"), (120, 2, " mins"), (7199, 119, " mins"), (7200, 2, " hours"),
+            (172_799, 47, " hours"), (172_800, 2, " days"), (1_209_599, 13, " days"), (1_209_600, 2, " weeks")];
+        for (seconds, count, unit) in cases {
+            assert_eq!(age_in_units(seconds), (count, unit), "{seconds} s");
+        }
     }
 
     #[test]

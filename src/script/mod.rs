@@ -78,7 +78,7 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
     let mut locked = None;
     let mut scratch = Element::new("state");
     if let (false, Some(status)) = (decide::lacks_arguments(call), &config.status) {
-        match LockedState::open(&root.join(&status.dir).join(format!("{serial}.xml"))) {
+        match LockedState::open(&crate::filecache::path_in(root, &[&status.dir, &[serial, ".xml"].concat()])) {
             Ok(state) => {
                 if let Some(damage) = state.damage() {
                     // the poll goes on with a fresh state (see LockedState::open); the note
@@ -98,11 +98,11 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
 /// A script that starts as every answer does: which configuration it comes from.
 fn new_script(config: &Config) -> Script {
     let mut script = Script::new();
-    script.comment_args(format_args!(
-        "update-server {} - configuration {} merged into config.xml",
-        env!("CARGO_PKG_VERSION"),
-        config.user_file
-    ));
+    script.comment_pieces(&[
+        concat!("update-server ", env!("CARGO_PKG_VERSION"), " - configuration "),
+        &config.user_file,
+        " merged into config.xml",
+    ]);
     script
 }
 
@@ -243,10 +243,10 @@ fn apply_file_action(dir: &Path, serial: &str, action: FileAction) -> Result<(),
 /// the cache; shared by the innovaphone script and the SPA profile.
 pub fn existing_snippets(cache: &crate::filecache::FileCache, root: &Path, dir: &str, names: &[String]) -> Vec<SnippetFile> {
     cache
-        .existing(&root.join(dir), names)
+        .existing(&crate::filecache::path_in(root, &[dir]), names)
         .into_iter()
         .map(|(name, snippet)| SnippetFile {
-            display_name: format!("{dir}/{name}"),
+            display_name: [dir, "/", &name].concat(),
             name,
             mtime: snippet.mtime,
             content: snippet.content,
