@@ -70,6 +70,17 @@ pub enum SaveError {
     Io(#[from] io::Error),
 }
 
+/// Where a device's state file lives: `<root>/<status dir>/<serial>.xml`, built in one
+/// allocation (every poll opens it).
+pub fn device_file(root: &Path, status_dir: &str, serial: &str) -> PathBuf {
+    let mut path = PathBuf::with_capacity(root.as_os_str().len() + status_dir.len() + serial.len() + ".xml".len() + 2);
+    path.push(root);
+    path.push(status_dir);
+    path.push(serial);
+    path.as_mut_os_string().push(".xml");
+    path
+}
+
 /// Where a damaged state file is kept when a fresh state replaces it (one per device).
 pub fn set_aside_path(path: &Path) -> PathBuf {
     path.with_extension("xml.broken")
@@ -551,6 +562,18 @@ pub fn cleanup_expired(status_dir: &Path, now: i64, expire_secs: i64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_device_file_is_the_status_folder_joined_with_the_serial() {
+        for (root, dir, serial) in [
+            ("/srv/update", "status", "00-90-33-00-00-01"),
+            ("/srv/update/", "/var/lib/update/status", "00-90-33-00-00-02"),
+            ("root", "a/b", ""),
+        ] {
+            let joined = Path::new(root).join(dir).join(format!("{serial}.xml"));
+            assert_eq!(device_file(Path::new(root), dir, serial), joined, "{root} {dir} {serial}");
+        }
+    }
+
     #[test]
     fn changed_lines_between_the_common_ends() {
         use super::changed_lines;

@@ -431,7 +431,7 @@ fn preview_page(site: &Site, root: &Path, config: &Config, session: &Session, pr
         (Some(_), None) => Err(format!("Device state tracking is off: add <status dir=\"status\"/> to {}.", config.user_file)),
         (Some(sn), Some(status)) => {
             let mut buffer = Vec::new();
-            match status::read_state(&root.join(&status.dir).join(format!("{sn}.xml")), &mut buffer) {
+            match status::read_state(&crate::state::device_file(root, &status.dir, sn), &mut buffer) {
                 Ok(doc) => {
                     let host_name = site.host_name();
                     preview::device_poll(tree::Node::of(doc.root_element()), sn, site.arg("phase"), config, &host_name, &site.install_path)

@@ -382,7 +382,7 @@ pub fn rendered_rows(root: &Path, config: &Config, serials: &[String], now: i64,
 /// The row of one device (for `updatestatus`); None when it has no state file.
 pub fn single_row(root: &Path, config: &Config, sn: &str, now: i64, detail: bool) -> Option<Row> {
     let status = config.status.as_ref()?;
-    let path = root.join(&status.dir).join(format!("{sn}.xml"));
+    let path = crate::state::device_file(root, &status.dir, sn);
     if !path.is_file() {
         return None;
     }

@@ -56,7 +56,7 @@ pub fn command(site: &Site, request: &Request, root: &Path, config: &Config, ses
 }
 
 fn state_path(root: &Path, config: &Config, sn: &str) -> Option<std::path::PathBuf> {
-    config.status.as_ref().map(|s| root.join(&s.dir).join(format!("{sn}.xml")))
+    config.status.as_ref().map(|s| crate::state::device_file(root, &s.dir, sn))
 }
 
 /// Removes a device's state (a damaged one too, which is not read for this), under its lock so

@@ -78,7 +78,7 @@ pub fn run(root: &Path, config: &Config, call: &Call, files: &crate::filecache::
     let mut locked = None;
     let mut scratch = Element::new("state");
     if let (false, Some(status)) = (decide::lacks_arguments(call), &config.status) {
-        match LockedState::open(&crate::filecache::path_in(root, &[&status.dir, &[serial, ".xml"].concat()])) {
+        match LockedState::open(&state::device_file(root, &status.dir, serial)) {
             Ok(state) => {
                 if let Some(damage) = state.damage() {
                     // the poll goes on with a fresh state (see LockedState::open); the note

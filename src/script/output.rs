@@ -18,22 +18,9 @@ impl Script {
 
     /// A line for people reading the answer; devices ignore it.
     pub fn comment(&mut self, text: impl AsRef<str>) {
-        let text = text.as_ref();
-        if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_none() {
-            // one line, as nearly every comment of an answer is
-            self.text.push_str("# ");
-            self.text.push_str(text);
-            self.text.push_str("\r\n");
-            return;
-        }
-        for line in text.split('\n') {
-            self.text.push_str("# ");
-            self.text.push_str(line.trim_end_matches('\r'));
-            self.text.push_str("\r\n");
-        }
+        self.comment_pieces(&[text.as_ref()]);
     }
 
-    /// A comment that is also kept in the device's log.
     /// [`Script::comment`] of formatted text, formatted into a buffer the script keeps, so
     /// the many comments of every answer cost no allocation of their own.
     pub fn comment_args(&mut self, args: std::fmt::Arguments) {
@@ -47,21 +34,35 @@ impl Script {
 
     /// [`Script::comment`] of text given in pieces, pushed straight into the answer: the
     /// comments are most of a steady poll's answer, and formatting them through `core::fmt`
-    /// cost about a tenth of the poll's instructions.
+    /// cost about a tenth of the poll's instructions. A text of several lines (LF, CRLF) is a
+    /// comment line per line.
     pub fn comment_pieces(&mut self, pieces: &[&str]) {
-        if pieces.iter().any(|piece| memchr::memchr2(b'\n', b'\r', piece.as_bytes()).is_some()) {
-            // more than one line: split as any other comment
-            self.comment(pieces.concat());
+        if pieces.iter().all(|piece| memchr::memchr2(b'\n', b'\r', piece.as_bytes()).is_none()) {
+            // one line, as nearly every comment of an answer is
+            self.text.reserve(4 + pieces.iter().map(|piece| piece.len()).sum::<usize>());
+            self.text.push_str("# ");
+            for piece in pieces {
+                self.text.push_str(piece);
+            }
+            self.text.push_str("\r\n");
             return;
         }
-        self.text.reserve(4 + pieces.iter().map(|piece| piece.len()).sum::<usize>());
-        self.text.push_str("# ");
-        for piece in pieces {
-            self.text.push_str(piece);
+        let joined;
+        let text = match pieces {
+            [one] => *one,
+            _ => {
+                joined = pieces.concat();
+                &joined
+            }
+        };
+        for line in text.split('\n') {
+            self.text.push_str("# ");
+            self.text.push_str(line.trim_end_matches('\r'));
+            self.text.push_str("\r\n");
         }
-        self.text.push_str("\r\n");
     }
 
+    /// A comment that is also kept in the device's log.
     pub fn note(&mut self, text: impl Into<String>) {
         let text = text.into();
         self.comment(&text);
@@ -116,12 +117,17 @@ mod tests {
 
     #[test]
     fn a_comment_in_pieces_is_the_comment_of_their_text() {
-        for pieces in [&["one ", "line"][..], &["two\nli", "nes\r", "\nhere\r"], &[], &["", "a\rb"], &["end\n"]] {
-            let mut joined = Script::new();
-            joined.comment(pieces.concat());
-            let mut in_pieces = Script::new();
-            in_pieces.comment_pieces(pieces);
-            assert_eq!(in_pieces.into_text(), joined.into_text(), "{pieces:?}");
+        let cases: [(&[&str], &str); 5] = [
+            (&["one ", "line"], "# one line\r\n"),
+            (&["two\nli", "nes\r", "\nhere\r"], "# two\r\n# lines\r\n# here\r\n"),
+            (&[], "# \r\n"),
+            (&["", "a\rb"], "# a\rb\r\n"),
+            (&["end\n"], "# end\r\n# \r\n"),
+        ];
+        for (pieces, expected) in cases {
+            let mut script = Script::new();
+            script.comment_pieces(pieces);
+            assert_eq!(script.into_text(), expected, "{pieces:?}");
         }
     }
 }
