@@ -1,5 +1,6 @@
 //! The application: routes a request by script name and answers it.
 
+use compact_str::CompactString;
 use crate::certs::TlsIdentity;
 use crate::config::cache::ConfigCache;
 use crate::config::Config;
@@ -131,7 +132,7 @@ impl App {
         &self,
         request: &Request,
         root: &Path,
-        args: Vec<(String, String)>,
+        args: Vec<(CompactString, CompactString)>,
         device: &crate::spa::SpaDevice,
         effects: Effects,
     ) -> (Response, Vec<String>) {
@@ -162,7 +163,7 @@ impl App {
         (response, changes)
     }
 
-    fn device_data(&self, mode: &str, request: &Request, root: &Path, args: &[(String, String)]) -> Response {
+    fn device_data(&self, mode: &str, request: &Request, root: &Path, args: &[(CompactString, CompactString)]) -> Response {
         if let Err(invalid) = crate::device::validate(args) {
             return device_text(400, format!("# {invalid} - exit\r\n"));
         }
@@ -267,7 +268,7 @@ fn device_text(status: u16, body: impl Into<Vec<u8>>) -> Response {
 }
 
 /// The facts of a device request the update script needs.
-fn call_of(request: &Request, args: Vec<(String, String)>, config: &Config) -> Call {
+fn call_of(request: &Request, args: Vec<(CompactString, CompactString)>, config: &Config) -> Call {
     let https = request.var("HTTPS").is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("off"));
     let server_port = request.var("SERVER_PORT").unwrap_or(if https { "443" } else { "80" }).to_string();
     let host = url_host(

@@ -1,6 +1,7 @@
 //! Who is calling: the request arguments a device sends, checked before any of them is used,
 //! and the address it called from.
 
+use compact_str::CompactString;
 use crate::net::{normalize, IpRange};
 use std::net::IpAddr;
 
@@ -60,10 +61,10 @@ pub fn canonical_serial(serial: &str) -> String {
 
 /// The request arguments with `sn` in its canonical spelling ([`canonical_serial`]), so that
 /// every spelling of one device reaches the same files.
-pub fn with_canonical_serial(mut args: Vec<(String, String)>) -> Vec<(String, String)> {
+pub fn with_canonical_serial(mut args: Vec<(CompactString, CompactString)>) -> Vec<(CompactString, CompactString)> {
     for (name, value) in args.iter_mut() {
         if name == "sn" {
-            *value = canonical_serial(value);
+            *value = canonical_serial(value).into();
         }
     }
     args
@@ -126,7 +127,7 @@ fn refuse(name: &str, value: &str, reason: &'static str) -> InvalidArgument {
 
 /// Checks every argument that names a file or ends up in a command, before any is used.
 /// Absent arguments are fine here (the update script handles missing ones).
-pub fn validate(args: &[(String, String)]) -> Result<(), InvalidArgument> {
+pub fn validate(args: &[(CompactString, CompactString)]) -> Result<(), InvalidArgument> {
     for (name, value) in args {
         match name.as_str() {
             "sn" if !value.is_empty() && !is_serial(value) => {
@@ -231,13 +232,13 @@ mod tests {
             assert_eq!(canonical_serial(spelling), "00-90-33-00-00-ab", "{spelling}");
         }
         assert_eq!(canonical_serial("../x"), "../x", "not a serial: left for validation to refuse");
-        let args = vec![("sn".to_string(), "0090330000AB".to_string()), ("hwid".to_string(), "IP232-00-00-AB".to_string())];
+        let args = vec![("sn".into(), "0090330000AB".into()), ("hwid".into(), "IP232-00-00-AB".into())];
         assert_eq!(with_canonical_serial(args)[..], [("sn".into(), "00-90-33-00-00-ab".into()), ("hwid".into(), "IP232-00-00-AB".into())]);
     }
 
     #[test]
     fn validation_refuses_traversal() {
-        let args = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let args = |k: &str, v: &str| vec![(CompactString::from(k), CompactString::from(v))];
         assert!(validate(&args("sn", "../x")).is_err());
         assert!(validate(&args("hwid", "a/../../b")).is_err());
         assert!(validate(&args("env", "berlin,../x")).is_err());

@@ -2,6 +2,7 @@
 //! dumps (`update.php?mode=backup|query|vardump`). Every argument is checked, the device's TLS
 //! identity too when `forcetrust` is on, before anything is written.
 
+use compact_str::ToCompactString;
 use crate::certs::{self, TlsIdentity};
 use crate::config::Config;
 use crate::state::{self, LockedState};
@@ -33,7 +34,7 @@ pub const SMALL_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What a data request needs besides its mode.
 pub struct DataRequest<'a> {
-    pub args: &'a [(String, String)],
+    pub args: &'a [(compact_str::CompactString, compact_str::CompactString)],
     pub method: &'a str,
     pub body: &'a [u8],
     pub tls: &'a TlsIdentity,
@@ -114,7 +115,7 @@ fn open_state(root: &Path, config: &Config, request: &DataRequest, serial: &str,
 /// device that uploads on every poll does not grow its state file).
 fn save(state: Option<LockedState>, now: i64, logkeep: i64, note: Option<&str>) -> Result<(), Answer> {
     let Some(mut locked) = state else { return Ok(()) };
-    locked.state.set_attr("seen", now.to_string());
+    locked.state.set_attr("seen", now.to_compact_string());
     state::mark_request(&mut locked.state, now);
     if let Some(note) = note {
         state::log(&mut locked.state, now, note);
@@ -162,7 +163,7 @@ fn backup(root: &Path, config: &Config, request: &DataRequest, serial: &str, bod
     if let Some(locked) = state.as_mut() {
         let device = state::device(&mut locked.state);
         device.set_attr("sn", serial);
-        device.set_attr("backup", stamp.to_string());
+        device.set_attr("backup", stamp.to_compact_string());
     }
     match save(state, request.now, logkeep(config), worth_logging.then_some(note.as_str())) {
         Ok(()) => answer(200, &[note]),
@@ -265,7 +266,7 @@ fn vardump(root: &Path, config: &Config, request: &DataRequest, serial: &str, bo
         let attribute = format!("var-{}", var.to_lowercase().replace('/', "-"));
         let device = state::device(&mut locked.state);
         device.set_attr("sn", serial);
-        device.set_attr(&attribute, request.now.to_string());
+        device.set_attr(&attribute, request.now.to_compact_string());
     }
     match save(state, request.now, logkeep(config), Some(&lines[0])) {
         Ok(()) => answer(200, &lines),

@@ -1,6 +1,7 @@
 //! Query answers (`update.php?mode=query&sn=…&id=…`, SPEC §6): a device PUTs the XML output
 //! of a configured command; it is kept under `queries/<id>` in the device's state.
 
+use compact_str::ToCompactString;
 use crate::xml::{Element, ErrorKind, ParseError};
 
 /// Why a query answer is not stored.
@@ -36,7 +37,7 @@ pub fn store_answer(state: &mut Element, id: &str, answer: Element, now: i64) {
     let queries = state.child_or_insert("queries");
     queries.children.retain(|c| c.name != id);
     let mut entry = Element::new(id);
-    entry.set_attr("seen", now.to_string());
+    entry.set_attr("seen", now.to_compact_string());
     entry.children.push(answer);
     queries.children.push(entry);
 }

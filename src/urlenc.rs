@@ -1,6 +1,8 @@
 //! URL encoding as PHP does it: `rawurlencode` for what we write, `urldecode` semantics for
 //! query strings we read.
 
+use compact_str::CompactString;
+
 /// PHP's `rawurlencode`: everything but `A-Z a-z 0-9 - _ . ~` is percent-encoded.
 pub fn rawurlencode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3 / 2);
@@ -45,16 +47,25 @@ fn hex(byte: u8) -> Option<u8> {
 }
 
 /// The arguments of a query string in their order; of repeated names the last value wins,
-/// at the position of the first (as PHP's `$_GET` keeps them).
-pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    let mut args: Vec<(String, String)> = Vec::new();
+/// at the position of the first (as PHP's `$_GET` keeps them). Names and values are small
+/// strings: a device's arguments (serial, type, phase, address) are kept inline, without an
+/// allocation each, and one without `%` or `+` is taken as it stands.
+pub fn parse_query(query: &str) -> Vec<(CompactString, CompactString)> {
+    let decoded = |raw: &str| -> CompactString {
+        if raw.contains(['%', '+']) {
+            CompactString::from(urldecode(raw, true))
+        } else {
+            CompactString::from(raw)
+        }
+    };
+    let mut args: Vec<(CompactString, CompactString)> = Vec::with_capacity(query.bytes().filter(|&b| b == b'&').count() + 1);
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        let name = urldecode(name, true);
+        let name = decoded(name);
         if name.is_empty() {
             continue;
         }
-        let value = urldecode(value, true);
+        let value = decoded(value);
         match args.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => args.push((name, value)),
@@ -94,7 +105,7 @@ mod tests {
         #[test]
         fn one_argument_is_what_the_whole_parse_gives(query in "((mode|sn|m%6Fde|mo\\+de|%zz|)(=[a-z%0-9+]{0,4})?&?){0,6}") {
             for name in ["mode", "sn", "mo de", "%zz", ""] {
-                let whole = parse_query(&query).into_iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                let whole = parse_query(&query).into_iter().find(|(n, _)| n == name).map(|(_, v)| v.to_string());
                 let one = query_arg(&query, name).map(|v| v.into_owned());
                 // parse_query drops empty names; query_arg is never asked for one
                 if !name.is_empty() {

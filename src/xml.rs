@@ -7,6 +7,7 @@
 //! tree walk it with an explicit stack. A client controls the shape of a query answer, and a
 //! stack overflow cannot be caught — it aborts the whole process with every request in it.
 
+use compact_str::CompactString;
 
 /// The most a document may be, checked before anything is built from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +51,11 @@ pub const MAX_NAMESPACE_DECLARATIONS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
-    pub name: String,
-    pub attrs: Vec<(String, String)>,
+    /// Names and attribute values are small strings kept inline up to 24 bytes: nearly every
+    /// name, time stamp, serial number and address of a device state then needs no allocation
+    /// of its own, and a state is read and written on every poll.
+    pub name: CompactString,
+    pub attrs: Vec<(CompactString, CompactString)>,
     /// Text directly inside the element (all text nodes concatenated).
     pub text: String,
     /// Derived `Clone` and `PartialEq` recurse over these: fine, because every parsed tree
@@ -307,7 +311,7 @@ impl Layout {
 
 impl Element {
     pub fn new(name: &str) -> Element {
-        Element { name: name.to_string(), attrs: Vec::new(), text: String::new(), children: Vec::new() }
+        Element { name: CompactString::from(name), attrs: Vec::new(), text: String::new(), children: Vec::new() }
     }
 
     /// Parses a whole document from an untrusted source (a device, the master) within
@@ -355,7 +359,7 @@ impl Element {
     fn from_document(doc: &roxmltree::Document) -> Element {
         fn shallow(node: roxmltree::Node) -> Element {
             let mut element = Element::new(node.tag_name().name());
-            element.attrs = node.attributes().map(|a| (a.name().to_string(), a.value().to_string())).collect();
+            element.attrs = node.attributes().map(|a| (CompactString::from(a.name()), CompactString::from(a.value()))).collect();
             element
         }
         let root = doc.root_element();
@@ -390,7 +394,7 @@ impl Element {
     /// Sets an attribute; an empty value removes it, as the old server's state files show.
     /// A value equal to the present one is left in place: a poll sets most of a device's
     /// attributes to what they already are, and that should cost no allocation.
-    pub fn set_attr<V: AsRef<str> + Into<String>>(&mut self, name: &str, value: V) {
+    pub fn set_attr<V: AsRef<str> + Into<CompactString>>(&mut self, name: &str, value: V) {
         if value.as_ref().is_empty() {
             self.remove_attr(name);
             return;
@@ -398,7 +402,7 @@ impl Element {
         match self.attrs.iter_mut().find(|(k, _)| k == name) {
             Some((_, v)) if v.as_str() == value.as_ref() => {}
             Some((_, v)) => *v = value.into(),
-            None => self.attrs.push((name.to_string(), value.into())),
+            None => self.attrs.push((CompactString::from(name), value.into())),
         }
     }
 
@@ -410,7 +414,7 @@ impl Element {
                 v.clear();
                 v.push_str(value);
             }
-            None => self.attrs.push((name.to_string(), value.to_string())),
+            None => self.attrs.push((CompactString::from(name), CompactString::from(value))),
         }
     }
 
@@ -606,7 +610,7 @@ fn read_as_written(body: &str, limits: &Limits) -> Option<Element> {
                     let stop = memchr::memchr3(b'"', b'<', b'&', rest)?;
                     let (value, value_end) = if rest[stop] == b'"' {
                         // nothing escaped, as in nearly every value
-                        (body[value_start..value_start + stop].to_string(), value_start + stop)
+                        (CompactString::from(&body[value_start..value_start + stop]), value_start + stop)
                     } else {
                         let value_end = value_start + memchr::memchr(b'"', rest)?;
                         let raw = &body[value_start..value_end];
@@ -615,9 +619,9 @@ fn read_as_written(body: &str, limits: &Limits) -> Option<Element> {
                         }
                         let mut value = String::with_capacity(raw.len());
                         decode_references(raw, &mut value)?;
-                        (value, value_end)
+                        (CompactString::from(value), value_end)
                     };
-                    element.attrs.push((key.to_string(), value));
+                    element.attrs.push((CompactString::from(key), value));
                     i = value_end + 1;
                 }
                 _ => return None,

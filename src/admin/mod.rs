@@ -21,6 +21,7 @@ pub mod ui;
 pub mod upload;
 pub mod xpath;
 
+use compact_str::CompactString;
 use crate::config::{Config, ConfigError};
 use crate::http::{Request, Response};
 use askama::Template;
@@ -51,8 +52,8 @@ pub struct Site {
     pub remote_addr: String,
     pub method: String,
     /// Query arguments, then (for a form POST) the body's arguments.
-    pub args: Vec<(String, String)>,
-    pub form: Vec<(String, String)>,
+    pub args: Vec<(CompactString, CompactString)>,
+    pub form: Vec<(CompactString, CompactString)>,
     /// A user the web server authenticated (`REMOTE_USER`, e.g. lighttpd's mod_auth).
     pub remote_user: Option<String>,
 }

@@ -3,6 +3,7 @@
 //! JSON string). The caller has checked the session; the changing commands check the CSRF
 //! token and want POST.
 
+use compact_str::ToCompactString;
 use super::session::Session;
 use super::{json, json_string, secure, status, templates, Site};
 use crate::config::Config;
@@ -78,7 +79,7 @@ fn touch_state(root: &Path, config: &Config, sn: &str, now: i64) -> bool {
     let Some(path) = state_path(root, config, sn).filter(|p| p.is_file()) else { return false };
     match LockedState::open(&path) {
         Ok(mut locked) if locked.existed() && locked.damage().is_none() => {
-            locked.state.set_attr("seen", now.to_string());
+            locked.state.set_attr("seen", now.to_compact_string());
             locked.save().is_ok()
         }
         _ => false,

@@ -2,6 +2,7 @@
 //! (SPEC §2), and the `seq` re-ordering that follows it.
 
 use crate::xml::Element;
+use compact_str::CompactString;
 
 /// Merges `user` into `defaults` (both the `<config>` element).
 pub fn merge(defaults: &mut Element, user: &Element) -> Result<(), String> {
@@ -45,7 +46,7 @@ pub fn merge(defaults: &mut Element, user: &Element) -> Result<(), String> {
 /// them by `seq`).
 pub fn order_by_seq(config: &mut Element) {
     for section in &mut config.children {
-        let sequenced: Vec<String> = section
+        let sequenced: Vec<CompactString> = section
             .children
             .iter()
             .filter(|c| c.attr("seq").is_some())
@@ -55,7 +56,7 @@ pub fn order_by_seq(config: &mut Element) {
             continue;
         }
         let mut result: Vec<Element> = Vec::with_capacity(section.children.len());
-        let mut placed: Vec<String> = Vec::new();
+        let mut placed: Vec<CompactString> = Vec::new();
         let children = std::mem::take(&mut section.children);
         for child in &children {
             if !sequenced.contains(&child.name) {

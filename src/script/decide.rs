@@ -5,6 +5,7 @@
 //! through [`Lookups`], asked only when the poll reaches that step, so a poll that stops in its
 //! grace period never contacts the master. `super::run` gathers, calls [`decide`] and applies.
 
+use compact_str::ToCompactString;
 use super::firmware::{self, BuildChoice, FileType};
 use crate::upgrades::BuildHop;
 use super::output::Script;
@@ -152,7 +153,7 @@ impl Poll<'_> {
         let now = call.now;
         {
             let doc = &mut *self.state;
-            doc.set_attr("seen", now.to_string());
+            doc.set_attr("seen", now.to_compact_string());
             state::mark_request(doc, now);
         }
 
@@ -283,7 +284,7 @@ impl Poll<'_> {
             }
         }
         if certificate.skip_next {
-            self.state.set_attr("skipnext", now.to_string());
+            self.state.set_attr("skipnext", now.to_compact_string());
             self.script.notes.push("skipnext set".into());
         }
         self.query_commands(&classes, &environments)?;
@@ -426,8 +427,8 @@ impl Poll<'_> {
                     &mut doc.children[last]
                 }
             };
-            entry.set_attr("delivered", now.to_string());
-            entry.set_attr("version", file.mtime.to_string());
+            entry.set_attr("delivered", now.to_compact_string());
+            entry.set_attr("version", file.mtime.to_compact_string());
         }
         self.script.commands(&post);
         self.script.blank();
@@ -489,7 +490,7 @@ impl Poll<'_> {
         ];
         for (name, value) in &call.args {
             if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                environment.push((format!("UPDATE_ARG_{name}"), value.clone()));
+                environment.push((format!("UPDATE_ARG_{name}"), value.to_string()));
             }
         }
         let lines = self.lookups.dynamic_lines(
@@ -659,7 +660,7 @@ impl Poll<'_> {
                     None => entry.remove_attr("via"),
                 }
             }
-            entry.set_attr("requested-at", self.call.now.to_string());
+            entry.set_attr("requested-at", self.call.now.to_compact_string());
             requested = true;
         }
         Ok(requested)
@@ -918,7 +919,7 @@ mod tests {
                 .filter(|p| !p.is_empty())
                 .map(|p| {
                     let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (k.to_string(), v.to_string())
+                    (k.into(), v.into())
                 })
                 .collect(),
             base_url: "http://update.example.com/mtls/update".into(),

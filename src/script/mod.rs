@@ -8,6 +8,7 @@ pub mod output;
 pub mod rewrite;
 pub mod snippets;
 
+use compact_str::CompactString;
 use crate::certs;
 use crate::config::{Config, Master};
 use crate::device::Origin;
@@ -21,7 +22,7 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct Call {
     /// Request arguments in their order.
-    pub args: Vec<(String, String)>,
+    pub args: Vec<(CompactString, CompactString)>,
     /// `http[s]://HTTP_HOST` + the folder of `SCRIPT_NAME`.
     pub base_url: String,
     pub host: String,

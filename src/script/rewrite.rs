@@ -1,6 +1,7 @@
 //! Step R of the update script: the polling commands and the device's new Command File URL
 //! (SPEC §3, "Step R").
 
+use compact_str::CompactString;
 use crate::urlenc::rawurlencode;
 
 /// The commands that switch fast polling on (provisioning every `polling` minutes, even when
@@ -23,7 +24,7 @@ pub fn polling_commands(switch: PollingSwitch, polling: i64, normal_interval: i6
 pub fn query_string(
     state_args: &[(&str, String)],
     missing: &[&str],
-    request_args: &[(String, String)],
+    request_args: &[(CompactString, CompactString)],
     stdargs: &[(String, Option<String>)],
 ) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -342,7 +343,7 @@ mod tests {
             .collect()
     }
 
-    fn args(q: &str) -> Vec<(String, String)> {
+    fn args(q: &str) -> Vec<(CompactString, CompactString)> {
         crate::urlenc::parse_query(q)
     }
 

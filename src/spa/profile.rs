@@ -10,6 +10,7 @@
 //! cannot read, or a profile over the model's limit, is a 404 (the phone retries after its
 //! `Resync_Error_Retry_Delay`), a log line and a message in the device's state.
 
+use compact_str::ToCompactString;
 use super::SpaDevice;
 use crate::config::Config;
 use crate::filecache::FileCache;
@@ -253,7 +254,7 @@ pub fn decide(
         notes: vec![format!("{message} - nothing delivered")],
         save: true,
     };
-    state.set_attr("seen", now.to_string());
+    state.set_attr("seen", now.to_compact_string());
     state::mark_request(state, now);
     let classes = device_classes(config, &device.model);
     {
@@ -413,13 +414,13 @@ pub fn decide(
             }
         };
         entry.set_attr("filename", file.display_name.clone());
-        entry.set_attr("delivered", now.to_string());
-        entry.set_attr("version", file.mtime.to_string());
+        entry.set_attr("delivered", now.to_compact_string());
+        entry.set_attr("version", file.mtime.to_compact_string());
     }
     {
         let d = state::device(state);
         d.set_attr("hop", hop_text);
-        d.set_attr("profile", now.to_string());
+        d.set_attr("profile", now.to_compact_string());
     }
     state.set_attr("phase", phase.id.clone());
     state.set_attr("nextphase", next_phase.map_or(String::new(), |p| p.id.clone()));
