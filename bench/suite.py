@@ -18,6 +18,9 @@ and for each of them four targets:
   ours    update-server, bin-path, max-procs 2, on a provisioned install root
   php     the old PHP server (php-cgi, max-procs 2) on a copy of its tree with the same user
           configuration and snippets, when php-cgi is installed and --php-tree exists
+  base    with --baseline BINARY: another update-server build (say, of main) set up as ours is,
+          on a copy of ours' primed tree, measured in the same rounds; the table then gives
+          ours/base and both CPU figures, the paired A/B a change needs on a noisy machine
 
 Device state is restored from the primed copy before every measured run, so full delivery and
 backups measure the same work in every round. The machine is shared and noisy: every target is
@@ -32,6 +35,7 @@ Usage (needs lighttpd, wrk, python3, cargo; php-cgi for the old server's row):
     python3 bench/suite.py                          # build (profile dist), 3 rounds of 5 s
     python3 bench/suite.py --no-build --duration 3 --scenarios steady,first
     python3 bench/suite.py --php-tree /path/to/php-update-server
+    python3 bench/suite.py --scenarios steady --baseline /tmp/main-update-server
 
 Only 127.0.0.1 is contacted; the temporary directory and every process started here are
 removed / stopped on exit. Build, lighttpd handling and /proc readings come from bench/poll.py,
@@ -93,22 +97,27 @@ def prepare_trees(tmp, php_tree):
     return ours, php
 
 
-def lighttpd_conf(tmp, port, ours_bin, ours_root, noop_bin, noop_bytes, php_cgi, php_root):
+def lighttpd_conf(tmp, port, ours_bin, ours_root, noop_bin, noop_bytes, php_cgi, php_root, base=None):
+    """`base`: (binary, root) of the --baseline build, served under /base/ as ours is under /ours/."""
     sock = lambda name: os.path.join(tmp, name + ".sock")
     lines = poll.server_settings(tmp, port) + [
         'server.upload-dirs = ( "%s" )' % tmp,
         'static-file.exclude-extensions = ( ".php" )',
     ]
-    aliases = ['"/ours/" => "%s/"' % ours_root]
+    builds = [("ours", ours_bin, ours_root)] + ([("base",) + tuple(base)] if base else [])
+    aliases = ['"/%s/" => "%s/"' % (name, root) for name, _, root in builds]
     if php_root:
         aliases.append('"/php/" => "%s/"' % php_root)
     lines.append("alias.url = ( %s )" % ", ".join(aliases))
+    for name, binary, root in builds:
+        lines += [
+            '$HTTP["url"] =~ "^/%s/" {' % name,
+            '  fastcgi.server = ( ".php" => (( "socket" => "%s", "bin-path" => "%s", "check-local" => "disable",'
+            % (sock(name), binary),
+            '    "max-procs" => 2, "bin-environment" => ( "UPDATE_SERVER_ROOT" => "%s" ) )) )' % root,
+            "}",
+        ]
     lines += [
-        '$HTTP["url"] =~ "^/ours/" {',
-        '  fastcgi.server = ( ".php" => (( "socket" => "%s", "bin-path" => "%s", "check-local" => "disable",'
-        % (sock("ours"), ours_bin),
-        '    "max-procs" => 2, "bin-environment" => ( "UPDATE_SERVER_ROOT" => "%s" ) )) )' % ours_root,
-        "}",
         '$HTTP["url"] =~ "^/noop/" {',
         '  fastcgi.server = ( "/noop/" => (( "socket" => "%s", "bin-path" => "%s", "check-local" => "disable",'
         % (sock("noop"), noop_bin),
@@ -213,7 +222,7 @@ def median_of(runs, key):
     return statistics.median(values) if values else None
 
 
-def scenario(args, tmp, port, bins, trees, plans, sizes, body_file, scenario_name):
+def scenario(args, tmp, port, bins, trees, plans, sizes, body_file, scenario_name, base=None):
     """Measures one scenario: its targets, --rounds times each, interleaved round by round so
     that a noisy moment on the shared machine hits all targets alike."""
     ours_bin, noop_bin, php_cgi = bins
@@ -231,9 +240,12 @@ def scenario(args, tmp, port, bins, trees, plans, sizes, body_file, scenario_nam
         ("noop", ["/noop/update.php" + ("?" + q if q else "") for q in queries], put_body, noop_bin, None),
         ("ours", ours_paths, put_body, ours_bin, ours_root),
     ]
+    if base:
+        base_paths = ["/base/" + p[len("/ours/"):] for p in ours_paths]
+        targets.append(("base", base_paths, put_body, base[0], base[1]))
     if php_root:
         targets.append(("php", plans["php"][scenario_name], put_body, php_cgi, php_root))
-    server = Lighttpd(lighttpd_conf(tmp, port, ours_bin, ours_root, noop_bin, size, php_cgi, php_root), port, tmp)
+    server = Lighttpd(lighttpd_conf(tmp, port, ours_bin, ours_root, noop_bin, size, php_cgi, php_root, base), port, tmp)
     runs = {name: [] for name, *_ in targets}
     try:
         for _ in range(args.rounds):
@@ -279,6 +291,17 @@ def table(args, results, php):
             f(get("ours", "cpu_us"), "%.0f"), f(rss and rss / 1024, "%.1f MiB"),
             f(get("php", "rps"), "%.0f") if php else "not run", f(get("php", "cpu_us"), "%.0f"),
             f(ratio("ours", "php"), "%.1f")))
+    if any("base" in results[name]["targets"] for name in args.scenarios):
+        lines += ["", "| scenario | ours req/s | base req/s | ours/base | ours CPU µs/req | base CPU µs/req | base peak RSS |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name in args.scenarios:
+            t = results[name]["targets"]
+            ours, base = t.get("ours", {}), t.get("base", {})
+            rss = base.get("rss_kib")
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                name, f(ours.get("rps"), "%.0f"), f(base.get("rps"), "%.0f"),
+                f(ours.get("rps") / base["rps"] if ours.get("rps") and base.get("rps") else None, "%.2f"),
+                f(ours.get("cpu_us"), "%.0f"), f(base.get("cpu_us"), "%.0f"), f(rss and rss / 1024, "%.1f MiB")))
     bad = sum(t["bad"] for r in results.values() for t in r["targets"].values())
     head = ("medians of %d rounds, wrk -t%d -c%d, %d s per run (+%d s warm-up), %d poll devices, %d backup "
             "devices, %d cores, %s; errors and non-2xx answers in all runs: %d"
@@ -298,6 +321,7 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ",".join(SCENARIOS))
     ap.add_argument("--php-tree", default=DEFAULT_PHP_TREE, help="the old PHP server's tree ('' to skip it)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--baseline", help="another update-server binary to measure beside ours (target 'base')")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -313,6 +337,8 @@ def main():
     if not php_tree:
         log("== the old PHP server is not measured (needs php-cgi and --php-tree with update.php)")
 
+    if args.baseline and not os.access(args.baseline, os.X_OK):
+        die("--baseline %s is not an executable" % args.baseline)
     ours_bin, noop_bin = poll.build(args)
     tmp = tempfile.mkdtemp(prefix="update-server-suite-")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -337,12 +363,20 @@ def main():
                     shutil.copytree(os.path.join(root, runtime), os.path.join(root + ".pristine", runtime), symlinks=True)
         server.stop()
         server = None
+        base = None
+        if args.baseline:
+            # its own copy of the binary (backends are told apart by their executable) and of
+            # ours' primed tree, pristine copy included: the same devices in the same state
+            base = (os.path.join(tmp, "base-update-server"), os.path.join(tmp, "base"))
+            shutil.copy2(args.baseline, base[0])
+            for suffix in ("", ".pristine"):
+                shutil.copytree(ours_root + suffix, base[1] + suffix, symlinks=True)
         log("   answer sizes: ours %s%s" % (sizes["ours"], ", php %s" % sizes["php"] if php_root else ""))
         results = {}
         for name in args.scenarios:
             log("== %s" % name)
             results[name] = scenario(args, tmp, port, (ours_bin, noop_bin, php_cgi), (ours_root, php_root),
-                                     plans, sizes, body_file, name)
+                                     plans, sizes, body_file, name, base)
         head, lines = table(args, results, php_root)
         text = "\n".join(["# suite %s" % datetime.datetime.now().isoformat(timespec="seconds"), "", head, ""]
                          + lines) + "\n"
