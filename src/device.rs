@@ -175,9 +175,15 @@ pub fn origin(remote_addr: &str, forwarded_for: Option<&str>, trusted: &[IpRange
 }
 
 fn strip_mapped(address: &str) -> String {
-    match address.trim().parse::<IpAddr>() {
+    let address = address.trim();
+    if address.parse::<std::net::Ipv4Addr>().is_ok() {
+        // dotted IPv4 as nearly every device's: Rust reads only the form it writes (four
+        // decimal numbers, no leading zeros), so the text is its own normal form as it stands
+        return address.to_string();
+    }
+    match address.parse::<IpAddr>() {
         Ok(a) => normalize(a).to_string(),
-        Err(_) => address.trim().trim_start_matches("::ffff:").to_string(),
+        Err(_) => address.trim_start_matches("::ffff:").to_string(),
     }
 }
 
@@ -258,6 +264,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn an_ipv4_text_that_parses_is_the_form_it_is_written_in(parts in proptest::collection::vec((0u16..300, proptest::bool::weighted(0.1)), 4)) {
+            // what strip_mapped takes as it stands: numbers out of range and leading zeros in
+            // some of the parts
+            let text = parts.iter().map(|(n, zero)| format!("{}{n}", if *zero { "0" } else { "" })).collect::<Vec<_>>().join(".");
+            if let Ok(address) = text.parse::<std::net::Ipv4Addr>() {
+                prop_assert_eq!(address.to_string(), text);
+            }
+        }
+
         #[test]
         fn canonical_serials_are_serials_and_stable(digits in "[0-9a-fA-F]{12}", separator in "[-:]?") {
             let spelled = if separator.is_empty() { digits.clone() } else {
