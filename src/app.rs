@@ -280,7 +280,7 @@ fn call_of(request: &Request, args: Vec<(CompactString, CompactString)>, config:
     );
     let script_name = request.var("SCRIPT_NAME").unwrap_or("/update.php").to_string();
     let folder = script_name.rsplit_once('/').map_or("", |(dir, _)| dir);
-    let base_url = format!("{}://{host}{folder}", if https { "https" } else { "http" });
+    let base_url = [if https { "https://" } else { "http://" }, &host, folder].concat();
     Call {
         args,
         base_url,

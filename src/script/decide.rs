@@ -248,7 +248,7 @@ impl Poll<'_> {
             Some(backup) if force_https && !call.https => {
                 self.script.comment_args(format_args!("backups via {} suppressed: forcehttps is on and this is plain HTTP", backup.scfg))
             }
-            Some(backup) => self.script.command(format!("mod cmd UP0 scfg {}", call.absolute(&backup.scfg))),
+            Some(backup) => self.script.command(["mod cmd UP0 scfg ", &call.absolute(&backup.scfg)].concat()),
             None => self.script.comment("Backups not enabled in config"),
         }
         self.script.blank();
@@ -332,7 +332,7 @@ impl Poll<'_> {
 
         // step 15: certificate commands take the whole poll
         for note in &certificate.notes {
-            self.script.note(format!("certificates: {note} "));
+            self.script.note(["certificates: ", note, " "].concat());
         }
         if let Some(commands) = &certificate.commands {
             for (comment, command) in commands {
@@ -440,7 +440,7 @@ impl Poll<'_> {
         }
         if let Some(signature) = signature {
             self.script.comment("set CHECK var");
-            self.script.command(format!("mod cmd UP1 check ser {signature}"));
+            self.script.command(["mod cmd UP1 check ser ", &signature].concat());
         }
         self.script.comment("trigger reset if required");
         self.script.command("iresetn");
