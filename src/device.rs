@@ -176,12 +176,10 @@ pub fn origin(remote_addr: &str, forwarded_for: Option<&str>, trusted: &[IpRange
 
 fn strip_mapped(address: &str) -> String {
     let address = address.trim();
-    if address.parse::<std::net::Ipv4Addr>().is_ok() {
+    match address.parse::<IpAddr>() {
         // dotted IPv4 as nearly every device's: Rust reads only the form it writes (four
         // decimal numbers, no leading zeros), so the text is its own normal form as it stands
-        return address.to_string();
-    }
-    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => address.to_string(),
         Ok(a) => normalize(a).to_string(),
         Err(_) => address.trim_start_matches("::ffff:").to_string(),
     }

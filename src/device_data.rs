@@ -2,7 +2,7 @@
 //! dumps (`update.php?mode=backup|query|vardump`). Every argument is checked, the device's TLS
 //! identity too when `forcetrust` is on, before anything is written.
 
-use compact_str::ToCompactString;
+use compact_str::{CompactString, ToCompactString};
 use crate::certs::{self, TlsIdentity};
 use crate::config::Config;
 use crate::state::{self, LockedState};
@@ -34,7 +34,7 @@ pub const SMALL_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What a data request needs besides its mode.
 pub struct DataRequest<'a> {
-    pub args: &'a [(compact_str::CompactString, compact_str::CompactString)],
+    pub args: &'a [(CompactString, CompactString)],
     pub method: &'a str,
     pub body: &'a [u8],
     pub tls: &'a TlsIdentity,

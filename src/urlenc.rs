@@ -2,6 +2,7 @@
 //! query strings we read.
 
 use compact_str::CompactString;
+use std::borrow::Cow;
 
 /// PHP's `rawurlencode`: everything but `A-Z a-z 0-9 - _ . ~` is percent-encoded.
 pub fn rawurlencode(text: &str) -> String {
@@ -51,21 +52,16 @@ fn hex(byte: u8) -> Option<u8> {
 /// strings: a device's arguments (serial, type, phase, address) are kept inline, without an
 /// allocation each, and one without `%` or `+` is taken as it stands.
 pub fn parse_query(query: &str) -> Vec<(CompactString, CompactString)> {
-    let decoded = |raw: &str| -> CompactString {
-        if raw.contains(['%', '+']) {
-            CompactString::from(urldecode(raw, true))
-        } else {
-            CompactString::from(raw)
-        }
-    };
-    let mut args: Vec<(CompactString, CompactString)> = Vec::with_capacity(query.bytes().filter(|&b| b == b'&').count() + 1);
+    // room for a poll's arguments; a query of many `&` (repeated or empty arguments) must not
+    // reserve in proportion to its length
+    let mut args: Vec<(CompactString, CompactString)> = Vec::with_capacity((query.bytes().filter(|&b| b == b'&').count() + 1).min(16));
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        let name = decoded(name);
+        let name = CompactString::from(decoded(name));
         if name.is_empty() {
             continue;
         }
-        let value = decoded(value);
+        let value = CompactString::from(decoded(value));
         match args.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => args.push((name, value)),
@@ -74,18 +70,20 @@ pub fn parse_query(query: &str) -> Vec<(CompactString, CompactString)> {
     args
 }
 
+/// A name or value of a query string decoded; as it stands when there is nothing to decode
+/// (no `%`, no `+`), as nearly every argument of a device.
+fn decoded(raw: &str) -> Cow<'_, str> {
+    if raw.contains(['%', '+']) {
+        Cow::Owned(urldecode(raw, true))
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
 /// The value [`parse_query`] would give `name` (the last one of a repeated name), decoding
 /// only what it must: a request's front door asks for `mode` before anything else, and
 /// parsing the whole query for it allocated every argument of every poll.
-pub fn query_arg<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
-    use std::borrow::Cow;
-    let decoded = |raw: &'q str| -> Cow<'q, str> {
-        if raw.contains(['%', '+']) {
-            Cow::Owned(urldecode(raw, true))
-        } else {
-            Cow::Borrowed(raw)
-        }
-    };
+pub fn query_arg<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     let mut found = None;
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = part.split_once('=').unwrap_or((part, ""));
